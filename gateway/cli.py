@@ -1,0 +1,58 @@
+"""Command line: ``gateway COMMAND ...``.
+
+Commands are registered in :data:`COMMANDS` (name -> module, one-line help) and
+imported lazily: ``gateway frame ...`` never imports the MQTT or Modbus stacks.  A
+command module provides ``configure(parser)`` and ``run(args) -> int``.
+
+Any :class:`~gateway.errors.GatewayError` ends the command with a one-line message
+on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from gateway import __version__
+from gateway.errors import GatewayError
+
+__all__ = ["COMMANDS", "main"]
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("gateway.cmd.demo", "run the demo on embedded defaults"),
+    "config": ("gateway.cmd.config", "check a configuration file"),
+    "profile": ("gateway.cmd.profiles", "list, show and plan Modbus meter profiles"),
+    "frame": ("gateway.cmd.frame", "decode and encode DL/T 645-2007 frames"),
+    "doctor": ("gateway.cmd.doctor", "show the installation: fast path, versions"),
+}
+
+
+def _parser(selected: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gateway",
+        description="Edge gateway for electricity concentrators, and its master station.",
+    )
+    parser.add_argument("--version", action="version", version=f"gateway {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == selected:
+            module = importlib.import_module(module_name)
+            module.configure(p)
+            p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    selected = next((a for a in args_list if not a.startswith("-")), None)
+    args = _parser(selected if selected in COMMANDS else None).parse_args(args_list)
+    try:
+        return int(args._run(args) or 0)
+    except GatewayError as exc:
+        print(f"gateway {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,114 @@
+"""The gateway's one exception tree.
+
+::
+
+    GatewayError                      (root; gateway/protocols/errors.py)
+    ├── ProtocolError                 codecs (sans-IO)
+    │   ├── RemoteProtocolError       a peer sent bytes we cannot decode
+    │   └── LocalProtocolError        we were asked to encode something invalid
+    ├── ConfigError                   a configuration file is wrong (file, line, column)
+    ├── ProfileError                  a meter profile definition is wrong
+    ├── TransportError                I/O with a bus or a broker failed
+    │   ├── PortError                 a serial port cannot be opened or vanished
+    │   ├── MeterTimeout              a meter did not answer in time
+    │   └── UplinkError               the MQTT broker cannot be reached
+    ├── StoreError                    SQLite failed
+    │   └── StoreCorrupt              the store failed its integrity check
+    └── CommandRefused                a master command was refused (reason given)
+
+Foreign errors (pyserial, pymodbus, sqlite3, paho) are mapped onto this tree at the
+boundary where they occur, with the original kept as ``__cause__``
+(``raise PortError(...) from exc``).
+"""
+
+from __future__ import annotations
+
+from gateway.protocols.errors import (
+    GatewayError,
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+)
+
+__all__ = [
+    "CommandRefused",
+    "ConfigError",
+    "GatewayError",
+    "LocalProtocolError",
+    "MeterTimeout",
+    "PortError",
+    "ProfileError",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "StoreCorrupt",
+    "StoreError",
+    "TransportError",
+    "UplinkError",
+]
+
+
+class ConfigError(GatewayError):
+    """A configuration file is wrong; the message names file, line and column.
+
+    ``file``, ``line`` and ``column`` are 1-based and may be ``None`` when the
+    problem has no single place (a missing file, say).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        line: int | None = None,
+        column: int | None = None,
+    ) -> None:
+        self.message = message
+        self.file = file
+        self.line = line
+        self.column = column
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = self.file or "<config>"
+        if self.line is not None:
+            where += f":{self.line}"
+            if self.column is not None:
+                where += f":{self.column}"
+        return f"{where}: {self.message}"
+
+
+class ProfileError(GatewayError):
+    """A meter profile definition is inconsistent (overlapping registers, bad type...)."""
+
+
+class TransportError(GatewayError):
+    """Talking to a bus or a broker failed."""
+
+
+class PortError(TransportError):
+    """A serial port cannot be opened, configured, or it vanished."""
+
+
+class MeterTimeout(TransportError):
+    """A meter did not answer within its timeout."""
+
+
+class UplinkError(TransportError):
+    """The MQTT broker cannot be reached or refused us."""
+
+
+class StoreError(GatewayError):
+    """The SQLite store failed."""
+
+
+class StoreCorrupt(StoreError):
+    """The store failed its integrity check at start."""
+
+
+class CommandRefused(GatewayError):
+    """A command from the master station was refused; ``reason`` says why."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)

@@ -1,0 +1,91 @@
+"""What a reading measures: quantity codes and their exact integer units.
+
+Every measured value in the gateway is an integer in the unit its quantity declares
+(money and energy are never floats).  The integer codes are part of the wire
+format (CBOR batch schema v1): never renumber, only append.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+__all__ = ["UNITS", "Quantity", "Reading"]
+
+
+class Quantity(IntEnum):
+    """Quantity code -> meaning.  The unit of each is in :data:`UNITS`."""
+
+    ENERGY_IMPORT = 1
+    """Forward (import) active energy, cumulative register."""
+    ENERGY_EXPORT = 2
+    """Reverse (export) active energy, cumulative register."""
+    ENERGY_COMBINED = 3
+    """Combined active energy (DL/T 645 00000000), signed."""
+    ENERGY_T1 = 4
+    """Forward active energy in tariff 1 (sharp, 尖)."""
+    ENERGY_T2 = 5
+    """Forward active energy in tariff 2 (peak, 峰)."""
+    ENERGY_T3 = 6
+    """Forward active energy in tariff 3 (flat, 平)."""
+    ENERGY_T4 = 7
+    """Forward active energy in tariff 4 (valley, 谷)."""
+    POWER = 10
+    """Total active power, signed."""
+    VOLTAGE_A = 11
+    VOLTAGE_B = 12
+    VOLTAGE_C = 13
+    CURRENT_A = 14
+    CURRENT_B = 15
+    CURRENT_C = 16
+    FREQUENCY = 17
+    POWER_FACTOR = 18
+    """Total power factor, signed."""
+    REACTIVE_POWER = 19
+    APPARENT_POWER = 20
+
+
+UNITS: dict[Quantity, str] = {
+    Quantity.ENERGY_IMPORT: "Wh",
+    Quantity.ENERGY_EXPORT: "Wh",
+    Quantity.ENERGY_COMBINED: "Wh",
+    Quantity.ENERGY_T1: "Wh",
+    Quantity.ENERGY_T2: "Wh",
+    Quantity.ENERGY_T3: "Wh",
+    Quantity.ENERGY_T4: "Wh",
+    Quantity.POWER: "W",
+    Quantity.VOLTAGE_A: "dV",  # 0.1 V
+    Quantity.VOLTAGE_B: "dV",
+    Quantity.VOLTAGE_C: "dV",
+    Quantity.CURRENT_A: "mA",
+    Quantity.CURRENT_B: "mA",
+    Quantity.CURRENT_C: "mA",
+    Quantity.FREQUENCY: "cHz",  # 0.01 Hz
+    Quantity.POWER_FACTOR: "milli",  # 0.001
+    Quantity.REACTIVE_POWER: "var",
+    Quantity.APPARENT_POWER: "VA",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One poll of one meter: when, which meter, and its values in :data:`UNITS`.
+
+    ``meter`` is the meter's identity in the gateway: a DL/T 645 address (12 digits)
+    or ``"<bus>:<unit id>"`` for a Modbus meter, as the configuration names it.
+    ``ts_ms`` is UTC milliseconds since the Unix epoch.  ``flags`` carries
+    :data:`FLAG_TIME_UNTRUSTED` and friends.
+    """
+
+    meter: str
+    ts_ms: int
+    values: dict[Quantity, int] = field(default_factory=dict)
+    flags: int = 0
+
+
+FLAG_TIME_UNTRUSTED = 1
+"""The gateway's clock was not trusted when this reading was taken (design.md)."""
+FLAG_ESTIMATED = 2
+"""Values were estimated or interpolated, not read."""
+
+__all__ += ["FLAG_ESTIMATED", "FLAG_TIME_UNTRUSTED"]
