@@ -1,0 +1,3 @@
+"""I/O with meters: serial ports, bus ownership, meter and relay drivers, and profiles."""
+
+__all__: list[str] = []
