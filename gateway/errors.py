@@ -23,6 +23,8 @@ boundary where they occur, with the original kept as ``__cause__``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from gateway.protocols.errors import (
     GatewayError,
     LocalProtocolError,
@@ -51,7 +53,8 @@ class ConfigError(GatewayError):
     """A configuration file is wrong; the message names file, line and column.
 
     ``file``, ``line`` and ``column`` are 1-based and may be ``None`` when the
-    problem has no single place (a missing file, say).
+    problem has no single place (a missing file, say).  ``errors`` lists every
+    problem found in the file, this one first (just ``[self]`` when there was one).
     """
 
     def __init__(
@@ -61,11 +64,13 @@ class ConfigError(GatewayError):
         file: str | None = None,
         line: int | None = None,
         column: int | None = None,
+        errors: Sequence[ConfigError] = (),
     ) -> None:
         self.message = message
         self.file = file
         self.line = line
         self.column = column
+        self.errors: list[ConfigError] = list(errors) or [self]
         super().__init__(str(self))
 
     def __str__(self) -> str:
