@@ -21,16 +21,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from itertools import pairwise
 
-from gateway.protocols.errors import LocalProtocolError
+from gateway.protocols.errors import LocalProtocolError, RemoteProtocolError
 from gateway.protocols.linetiming import LineSettings
 from gateway.protocols.modbus import (
     READ_REQUEST_SIZE,
     ReadRequest,
     RegisterSpec,
+    WordOrder,
+    decode_register,
     read_reply_size,
 )
+from gateway.protocols.quantities import Quantity
 
 __all__ = ["Plan", "PlannedRead", "plan_one_per_register", "plan_reads", "read_time"]
 
@@ -67,6 +71,29 @@ class Plan:
     def registers_read(self) -> int:
         """Registers transferred, gaps included."""
         return sum(r.count for r in self.requests)
+
+    def decode(
+        self,
+        replies: Sequence[Sequence[int]],
+        word_order: WordOrder = WordOrder.BIG,
+        *,
+        ct: int | Fraction = 1,
+        pt: int | Fraction = 1,
+    ) -> dict[Quantity, int]:
+        """Every planned quantity from the replies' registers (one reply per request)."""
+        if len(replies) != len(self.requests):
+            raise RemoteProtocolError(f"{len(replies)} replies for {len(self.requests)} requests")
+        values: dict[Quantity, int] = {}
+        for read, registers in zip(self.requests, replies, strict=True):
+            if len(registers) != read.count:
+                got = len(registers)
+                raise RemoteProtocolError(
+                    f"read at 0x{read.start:04X} wanted {read.count} registers, got {got}"
+                )
+            for spec in read.registers:
+                words = read.words(registers, spec)
+                values[spec.quantity] = decode_register(spec, words, word_order, ct=ct, pt=pt)
+        return values
 
 
 def read_time(line: LineSettings, count: int, turnaround: float) -> float:
