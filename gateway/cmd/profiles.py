@@ -92,10 +92,14 @@ def _plan(p: Profile, args: argparse.Namespace) -> None:
         print(f"  read 0x{r.start:04X} x{r.count:<3} {r.time * 1000:8.2f} ms  {served}")
     saved = 1 - plan.total_time / naive.total_time
     print(
-        f"planned: {len(plan.requests)} requests, {plan.total_time * 1000:.2f} ms; "
-        f"one per register: {len(naive.requests)} requests, {naive.total_time * 1000:.2f} ms "
+        f"planned: {_requests(len(plan.requests))}, {plan.total_time * 1000:.2f} ms; "
+        f"one per register: {_requests(len(naive.requests))}, {naive.total_time * 1000:.2f} ms "
         f"({saved:.0%} saved)"
     )
+
+
+def _requests(n: int) -> str:
+    return f"{n} request" if n == 1 else f"{n} requests"
 
 
 def run(args: argparse.Namespace) -> int:
