@@ -54,7 +54,7 @@ class ConfigError(GatewayError):
 
     ``file``, ``line`` and ``column`` are 1-based and may be ``None`` when the
     problem has no single place (a missing file, say).  ``errors`` lists every
-    problem found in the file, this one first (just ``[self]`` when there was one).
+    problem found in the file in file order (just ``[self]`` when there was one).
     """
 
     def __init__(

@@ -42,8 +42,15 @@ def run(args: argparse.Namespace) -> int:
                 print(error, file=sys.stderr)
             status = 2
             continue
-        print(
-            f"{name}: OK — {len(cfg.serial_buses)} buses, {len(cfg.meters)} meters, "
-            f"{len(cfg.accounts)} accounts, {len(cfg.tariffs)} tariffs"
-        )
+        counts = [
+            _count(len(cfg.serial_buses), "bus", "buses"),
+            _count(len(cfg.meters), "meter", "meters"),
+            _count(len(cfg.accounts), "account", "accounts"),
+            _count(len(cfg.tariffs), "tariff", "tariffs"),
+        ]
+        print(f"{name}: OK — {', '.join(counts)}")
     return status
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"

@@ -15,7 +15,7 @@ from types import MappingProxyType
 from typing import cast
 from zoneinfo import ZoneInfo
 
-from yaml.nodes import Node, ScalarNode
+from yaml.nodes import Node, ScalarNode, SequenceNode
 
 from gateway.config.model import (
     BAUD_RATES,
@@ -160,7 +160,7 @@ def _datetime(node: Node) -> datetime:
 
 
 def _ints_increasing(node: Node) -> tuple[int, ...]:
-    if not hasattr(node, "value") or not isinstance(node.value, list):
+    if not isinstance(node, SequenceNode):
         raise Invalid(f"must be a list of integers (Wh), not {describe(node)}")
     values: list[int] = []
     for item in node.value:
@@ -177,7 +177,7 @@ def _ints_increasing(node: Node) -> tuple[int, ...]:
 
 
 def _prices_list(node: Node) -> tuple[int, ...]:
-    if not hasattr(node, "value") or not isinstance(node.value, list) or not node.value:
+    if not isinstance(node, SequenceNode) or not node.value:
         raise Invalid(f"must be a list of prices, not {describe(node)}")
     out: list[int] = []
     for item in node.value:
@@ -268,11 +268,11 @@ _TARIFF_KEYS = {"flat": ["price"], "tou": ["slots", "prices"], "tiered": ["thres
 
 def read_tariff(r: Reader, node: Node) -> Item:
     m = MapReader(r, node, "tariff")
+    tariff_id = m.get("id", identifier)
+    m.what = f"tariff {tariff_id!r}" if tariff_id else m.what
     kind = m.get("kind", choice(*_TARIFF_KEYS))
     common = ["id", "version", "effective", "kind"]
     m.expect(common + _TARIFF_KEYS.get(kind, ["price", "slots", "prices", "thresholds"]))
-    tariff_id = m.get("id", identifier)
-    m.what = f"tariff {tariff_id!r}" if tariff_id else m.what
     version = m.get("version", integer(1, 2**31 - 1))
     effective = m.get("effective", _datetime)
     if kind == "flat":
@@ -293,46 +293,44 @@ def read_tariff(r: Reader, node: Node) -> Item:
     if kind == "tou":
         slots = _tou_slots(r, m)
         prices_map = _tou_prices(r, m)
-        if slots is not None and prices_map is not None:
+        if prices_map is not None:
             for slot, slot_node in slots:
                 if slot.slot not in prices_map:
-                    r.error(slot_node, f"slot {slot.slot} has no price in 'prices'")
-        if not m.ok or slots is None or prices_map is None:
+                    r.error(slot_node, f"slot: slot {slot.slot} has no price in 'prices'")
+        if not m.ok or prices_map is None:
             return None, m
         table = tuple(s for s, _ in slots)
         return TouTariff(tariff_id, version, effective, table, MappingProxyType(prices_map)), m
     return None, m
 
 
-def _tou_slots(r: Reader, m: MapReader) -> list[tuple[TouSlot, Node]] | None:
+def _tou_slots(r: Reader, m: MapReader) -> list[tuple[TouSlot, Node]]:
+    """The slot table's well-formed entries with their slot nodes; problems recorded."""
     node = m.value_node("slots")
     if node is None:
         m.missing("slots", " (the daily slot table)")
-        return None
+        return []
     out: list[tuple[TouSlot, Node]] = []
-    ok = True
     for item in r.sequence(node, "slots"):
         s = MapReader(r, item, "a slot")
         s.expect(["start", "slot"])
         start, slot = s.get("start", _hhmm), s.get("slot", integer(1, 4))
         if not s.ok:
-            ok = False
             continue
         start_node = cast(Node, s.value_node("start"))
         if not out and start != time(0, 0):
             r.error(start_node, "start: the first slot must start at 00:00")
-            ok = False
         elif out and start <= out[-1][0].start:
             r.error(
                 start_node,
                 f"start: slots must be in time order; {start:%H:%M} is not after "
                 f"{out[-1][0].start:%H:%M}",
             )
-            ok = False
+            continue
         out.append((TouSlot(start, slot), cast(Node, s.value_node("slot"))))
-    if ok and not out and m.ok:
+    if not out and m.ok:
         m.blame("slots", "slots: the slot table is empty")
-    return out if ok and out else None
+    return out
 
 
 def _tou_prices(r: Reader, m: MapReader) -> dict[int, int] | None:
