@@ -107,7 +107,7 @@ class FlatTariff:
     version: int  #: increases with every change of this tariff
     effective: datetime  #: when this version takes effect (timezone-aware)
     price: int  #: 0.0001 yuan per kWh
-    kind: Literal["flat"] = "flat"
+    kind: Literal["flat"] = "flat"  #: the YAML ``kind``; tells the tariff classes apart
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +127,7 @@ class TouTariff:
     effective: datetime  #: when this version takes effect (timezone-aware)
     slots: tuple[TouSlot, ...]  #: first starts at 00:00; starts strictly increase
     prices: Mapping[int, int] = field(hash=False)  #: slot number -> 0.0001 yuan per kWh
-    kind: Literal["tou"] = "tou"
+    kind: Literal["tou"] = "tou"  #: the YAML ``kind``
 
     def slot_at(self, local: time) -> int:
         """The slot number in force at a local wall time."""
@@ -144,7 +144,7 @@ class TieredTariff:
     effective: datetime  #: when this version takes effect (timezone-aware)
     thresholds: tuple[int, ...]  #: yearly consumption (Wh) where each next tier starts
     prices: tuple[int, ...]  #: one price per tier (len(thresholds) + 1), 0.0001 yuan per kWh
-    kind: Literal["tiered"] = "tiered"
+    kind: Literal["tiered"] = "tiered"  #: the YAML ``kind``
 
 
 Tariff = FlatTariff | TouTariff | TieredTariff
