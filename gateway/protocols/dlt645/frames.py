@@ -539,6 +539,8 @@ def _dec_relay(raw: RawFrame) -> Event:
         return SecureRelayControl(raw.address, raw.data[8:], h.password, h.operator)
     _need(raw, 16)
     p = _c.RELAY_PAYLOAD.parse(raw.data)
+    if p.n2:
+        raise RemoteProtocolError(f"remote control N2 is {p.n2:#04x}, not 00")
     try:
         action = RelayAction(p.action)
     except ValueError as exc:
