@@ -157,7 +157,10 @@ def _unsigned_map(cmd: Command) -> dict[int, object]:
 
 
 def signing_payload(cmd: Command) -> bytes:
-    """Canonical CBOR (RFC 8949 core deterministic) of the command without its signature."""
+    """The bytes the master signs: the command without its signature, canonical CBOR.
+
+    Canonical as cbor2 ``canonical=True`` makes it: shortest forms, map keys sorted.
+    """
     return dumps(_unsigned_map(cmd), "command", canonical=True)
 
 
