@@ -12,7 +12,8 @@ A *column* is the CBOR array ``[mode, values]`` or ``[mode, values, presence]``:
   of byte ``i // 8`` for row ``i``); ``values`` then lists only those rows.
 
 Decoding functions take what ``cbor2`` produced and raise
-:class:`~gateway.protocols.errors.RemoteProtocolError` for anything else.
+:class:`~gateway.protocols.errors.RemoteProtocolError` for anything else.  The strict
+CBOR loader and the type checks here are shared with the command envelope.
 """
 
 from __future__ import annotations
