@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("gateway.cmd.config", "check a configuration file"),
     "profile": ("gateway.cmd.profiles", "list, show and plan Modbus meter profiles"),
     "frame": ("gateway.cmd.frame", "decode and encode DL/T 645-2007 frames"),
+    "sim": ("gateway.cmd.sim", "run simulated RS-485 buses of meters on pseudo-terminals"),
     "doctor": ("gateway.cmd.doctor", "show the installation: fast path, versions"),
 }
 
