@@ -368,9 +368,9 @@ class MeterPhysics:
 
     def _set_power(self, watts: int) -> None:
         self.power_w = watts
-        self.current_ma = (
-            watts * 10_000_000 // (self.phases * self.voltage_dv * self.power_factor_milli)
-        )
+        denominator = self.phases * self.voltage_dv * self.power_factor_milli
+        magnitude = abs(watts) * 10_000_000 // denominator
+        self.current_ma = magnitude if watts >= 0 else -magnitude  # truncated toward 0
 
     def _snapshot(self, at: datetime) -> Freeze:
         return Freeze(
