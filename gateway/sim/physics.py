@@ -11,7 +11,7 @@ own 00:00.  A Wh is credited to the tariff whose piece completed it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any, Protocol
@@ -221,6 +221,11 @@ class MeterPhysics:
         self.tariff_wh: list[int] = [self.energy_import_wh, 0, 0, 0]
         self._rem_import_uj = 0
         self._rem_export_uj = 0
+        #: energy integrated since construction (Wh), never wrapped nor reset by a swap
+        self.total_import_wh = 0
+        self.total_export_wh = 0
+        #: called with the instant before the relay or the meter changes (area gates)
+        self.listeners: list[Callable[[datetime], None]] = []
         self.relay_closed = True
         self.daily_freezes: list[Freeze] = []
         self.settlement_freezes: list[Freeze] = []
@@ -359,12 +364,14 @@ class MeterPhysics:
             self._rem_import_uj += watts * us
             whole, self._rem_import_uj = divmod(self._rem_import_uj, UJ_PER_WH)
             if whole:
+                self.total_import_wh += whole
                 self.energy_import_wh = (self.energy_import_wh + whole) % wrap
                 self.tariff_wh[tariff - 1] = (self.tariff_wh[tariff - 1] + whole) % wrap
         elif watts < 0:
             self._rem_export_uj += -watts * us
             whole, self._rem_export_uj = divmod(self._rem_export_uj, UJ_PER_WH)
             self.energy_export_wh = (self.energy_export_wh + whole) % wrap
+            self.total_export_wh += whole
 
     def _set_power(self, watts: int) -> None:
         self.power_w = watts
@@ -401,6 +408,7 @@ class MeterPhysics:
             raise ValueError(f"meter {self.meter_number} has no relay")
         if now is not None:
             self.advance(now)
+        self._notify()
         self.relay_closed = False
         self._set_power(0)
 
@@ -410,6 +418,7 @@ class MeterPhysics:
             raise ValueError(f"meter {self.meter_number} has no relay")
         if now is not None:
             self.advance(now)
+        self._notify()
         self.relay_closed = True
         self._set_power(self._power(self._t))
 
@@ -427,6 +436,7 @@ class MeterPhysics:
         Its tariff registers default to all import energy in tariff 1.
         """
         self.advance(now)
+        self._notify()
         wrap = self.register_wrap_wh
         self.meter_number = meter_number
         self.energy_import_wh = energy_import_wh % wrap
@@ -443,6 +453,10 @@ class MeterPhysics:
         self.relay_closed = True
         self._set_power(self._power(self._t))
 
+    def _notify(self) -> None:
+        for listener in self.listeners:
+            listener(self._t)
+
     @property
     def now(self) -> datetime:
         """The instant (UTC) the registers were last advanced to."""
@@ -456,6 +470,8 @@ class MeterPhysics:
             "energy_import_wh": self.energy_import_wh,
             "energy_export_wh": self.energy_export_wh,
             "tariff_wh": list(self.tariff_wh),
+            "total_import_wh": self.total_import_wh,
+            "total_export_wh": self.total_export_wh,
             "power_w": self.power_w,
             "voltage_dv": self.voltage_dv,
             "current_ma": self.current_ma,
