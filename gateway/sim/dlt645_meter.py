@@ -47,7 +47,7 @@ from gateway.protocols.dlt645 import (
     WriteReply,
     WriteRequest,
     build_raw,
-    decode_frame,
+    decode_raw,
     decode_value,
     encode,
     encode_value,
@@ -64,6 +64,7 @@ BROADCAST_WINDOW = timedelta(minutes=5)
 _MIDNIGHT_GUARD = timedelta(minutes=5)
 _SIGNED_ENERGY_LIMIT = 80_000_000  # 0.01 kWh: a signed XXXXXX.XX holds up to 799999.99
 _KW_LIMIT = 799_999  # 0.1 W: a signed XX.XXXX kW holds up to 79.9999 kW
+_BROADCAST_BYTES = b"\x99" * 6
 _WILDCARD_FUNCTIONS = frozenset({0x11, 0x12, 0x13})
 
 
@@ -121,6 +122,7 @@ class Dlt645Meter(SimMeter):
             raise ValueError("password is 6 digits")
         _check_meter_number(physics.meter_number)
         self.address = address
+        self._address_bytes = bytes.fromhex(address)[::-1]
         self.physics = physics
         self.password = password
         self.password_level = password_level
@@ -146,9 +148,15 @@ class Dlt645Meter(SimMeter):
         return self.address
 
     def handle(self, request: bytes, now: datetime) -> bytes | None:
+        start = 0
+        while start < len(request) and request[start] == 0xFE:
+            start += 1
+        address = request[start + 1 : start + 7]
+        if address not in (self._address_bytes, _BROADCAST_BYTES) and 0xAA not in address:
+            return None  # cheap early exit: most frames on a bus are for another meter
         try:
             raw = parse_raw(request)
-            event = decode_frame(request)
+            event = decode_raw(raw)
         except ProtocolError:
             return None  # a garbled frame: a meter says nothing
         if raw.control & 0x80:
