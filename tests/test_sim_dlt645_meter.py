@@ -542,3 +542,34 @@ def test_constructor_checks(clock: ManualClock) -> None:
         make(clock, close_mode="magic")
     with pytest.raises(ValueError, match="password"):
         make(clock, password="abc")
+
+
+# --- an independent peer: the PyPI dlt645 package parses what the meter says --------
+
+
+def test_pypi_dlt645_client_reads_the_truth(clock: ManualClock) -> None:
+    import struct
+
+    from dlt645.protocol.protocol import DLT645Protocol
+    from dlt645.service.clientsvc.client_service import MeterClientService
+
+    meter = make(clock, watts=2157)
+    client = MeterClientService(None)  # type: ignore[arg-type]  # no transport: frames only
+    client.address = bytearray(bytes.fromhex(ADDR)[::-1])
+
+    def value(di: int) -> object:
+        request = DLT645Protocol.build_frame(client.address, 0x11, struct.pack("<I", di))
+        assert request.startswith(b"\xfe" * 4)  # the client wakes the line; the meter skips it
+        reply = meter.handle(bytes(request), clock.now())
+        assert reply is not None
+        item = client.handle_response(DLT645Protocol.deserialize(reply))
+        assert item is not None
+        return item.value
+
+    truth = meter.truth(clock.now())
+    assert value(0x00010000) == truth["energy_import_wh"] / 1000 == 12345.67
+    assert value(0x02010100) == truth["voltage_dv"] / 10 == 220.1
+    assert value(0x02020100) == truth["current_ma"] / 1000 == 10.0
+    assert value(0x02030000) == truth["power_w"] / 1000 == 2.157
+    assert value(0x02800002) == truth["frequency_chz"] / 100 == 50.0
+    assert value(0x04000402) == truth["meter_number"]
