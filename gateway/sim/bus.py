@@ -17,7 +17,8 @@ reply back, timed as on a wire:
   turnaround (plus an injected delay).  It is written in paced chunks of at most
   about 5 ms of line time, each chunk once its last byte's line time has passed, so
   no byte reaches the pty before its physical end.  The log records the reply's end
-  as the moment its last byte was actually written.
+  as the moment its last byte is handed to the pty (logged just before that write,
+  so whoever has read the last byte finds the entry).
 - **Timing off** (``timing=False``): no collisions, replies written at once (for the
   throughput benchmark).
 
@@ -452,16 +453,20 @@ class SimBus:
                 return
         else:
             due = total
-        if due > reply.sent:
-            try:
-                written = os.write(self._master, reply.data[reply.sent : due])
-            except (BlockingIOError, OSError):  # nobody reads the slave: the bytes are lost
-                written = due - reply.sent
-                reply.meta["lost"] = True
-            reply.sent += written
-        if reply.sent >= total:
-            end = monotonic() if self.timing else now
-            self._finish(reply, end, reply.result)
+        if due <= reply.sent:
+            return
+        data = reply.data[reply.sent : due]
+        if due >= total:  # log first, so whoever reads the last byte finds the entry
+            reply.sent = total
+            self._finish(reply, monotonic() if self.timing else now, reply.result)
+        try:
+            written = os.write(self._master, data)
+        except OSError:  # nobody reads the slave and its queue is full: the bytes are lost
+            written = 0
+        if written < len(data):
+            reply.meta["lost"] = len(data) - written
+        if due < total:
+            reply.sent += len(data)
 
     def _finish(self, reply: _Reply, end: float, result: str) -> None:
         self._reply = None

@@ -83,6 +83,8 @@ class ModbusSplitter:
         self._buf = bytearray()
         self._times: list[float] = []
         self._char_time = 0.0
+        _server_decoder()  # load pymodbus now, not on the first request
+        _crc_ok(b"\x00\x00\x00\x00")
 
     @property
     def pending(self) -> int:

@@ -153,6 +153,7 @@ class ModbusMeter(SimMeter):
         regs = profile.registers
         self._span = (min(r.address for r in regs), max(r.end for r in regs))
         self._handlers: dict[int, Callable[[bytes, datetime], ReadReply | WriteReply | bytes]]
+        encode_exception(unit, 3, ILLEGAL_DATA_ADDRESS)  # load pymodbus now, not mid-request
         self._handlers = {
             1: self._read_coils,
             3: self._read,
