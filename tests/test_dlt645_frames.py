@@ -15,6 +15,7 @@ from gateway.protocols.dlt645 import (
     ChangeBaudRequest,
     ErrorBits,
     Event,
+    Framer,
     FreezeReply,
     FreezeRequest,
     NegativeReply,
@@ -482,6 +483,7 @@ def test_every_event_round_trips(event: Event, preamble: int) -> None:
     assert frame[:preamble] == b"\xfe" * preamble
     assert decode_frame(frame) == event
     assert len(frame) == preamble + 12 + frame[preamble + 9]
+    assert Framer().feed(frame) == [event]  # the framer's own envelope scan agrees
 
 
 @given(
@@ -503,10 +505,14 @@ def test_well_formed_frames_with_any_content_decode_or_raise_remote_errors(
     body = b"\x68" + address + b"\x68" + bytes([control, len(data)])
     body += bytes((b + 0x33) & 0xFF for b in data)
     frame = body + bytes([sum(body) & 0xFF, 0x16])  # our own checksum, independently
+    framer = Framer()
+    streamed = framer.feed(frame)
     try:
         event = decode_frame(frame)
     except RemoteProtocolError:
+        assert streamed == [] and framer.stats.undecodable == 1
         return
+    assert streamed == [event]
     assert encode(event) == frame or isinstance(event, NegativeReply)
 
 
