@@ -347,3 +347,20 @@ def test_pymodbus_relay_write_stops_energy(
     assert response.isError() and response.exception_code == 1
     settle()
     assert sim.bus("b").counters.transactions == 5  # coil, read coil, register, read, refusal
+
+
+def test_control_actions() -> None:
+    m, physics = meter("generic")
+    later = T0.replace(hour=6)
+    assert m.control("relay", {"closed": False, "now": later.isoformat()}) == {
+        "relay_closed": False
+    }
+    assert physics.energy_import_wh == 12_345_678 + 2 * 2300  # integrated up to 'now' first
+    swapped = m.control("swap", {"meter_number": "000000000042", "energy_import_wh": 5})
+    assert swapped == {"meter_number": "000000000042", "energy_import_wh": 5}
+    assert read_all(m, later)["ENERGY_IMPORT"] == 0  # 5 Wh: below the 10 Wh resolution
+    assert m.control("drift", {"ppm": 50})["drift_ppm"] == 50
+    with pytest.raises(ValueError, match="no control action 'dance'"):
+        m.control("dance", {})
+    with pytest.raises(ValueError, match="timezone-aware"):
+        m.control("relay", {"now": "2024-06-01T12:00:00"})

@@ -57,7 +57,7 @@ from gateway.sim.model import BusLogEntry, SimMeter
 
 __all__ = ["LOG_SIZE", "BusCounters", "SimBus", "entry_dict"]
 
-log = logging.getLogger(__name__)
+_logger = logging.getLogger(__name__)
 
 LOG_SIZE = 100_000
 """Frames the bus log keeps (the oldest go first)."""
@@ -235,6 +235,11 @@ class SimBus:
     def silent(self) -> bool:
         return monotonic() < self._silent_until
 
+    @property
+    def log(self) -> list[BusLogEntry]:
+        """A copy of the bus log, oldest first (same as :meth:`entries`)."""
+        return self.entries()
+
     def entries(self) -> list[BusLogEntry]:
         """A copy of the bus log, oldest first."""
         with self._log_lock:
@@ -295,7 +300,7 @@ class SimBus:
                     if garbage is not None:
                         self._on_frame(garbage, monotonic())
         except Exception:  # pragma: no cover - a bug: say so, do not die silently
-            log.exception("bus %s stopped by an error", self.name)
+            _logger.exception("bus %s stopped by an error", self.name)
 
     def _timeout(self, now: float) -> float | None:
         deadlines: list[float] = []
@@ -379,7 +384,7 @@ class SimBus:
                     reply = meter.handle(f.data, calendar_now)
                 except Exception:
                     c.errors += 1
-                    log.exception("meter %s failed on %s", meter.id, f.data.hex(" "))
+                    _logger.exception("meter %s failed on %s", meter.id, f.data.hex(" "))
                     continue
                 if reply is not None:
                     replies.append((meter, reply))
