@@ -89,3 +89,37 @@ FLAG_ESTIMATED = 2
 """Values were estimated or interpolated, not read."""
 
 __all__ += ["FLAG_ESTIMATED", "FLAG_TIME_UNTRUSTED"]
+FLAG_ROLLOVER = 4
+"""An energy register passed its maximum (999999.99 kWh) and wrapped to zero since the
+meter's previous reading: the consumption in between is this value + the register's
+modulus - the previous value, not a negative number."""
+FLAG_DISCONTINUITY = 8
+"""The energy registers do not continue from the meter's previous reading (it went
+backwards, jumped impossibly, or the meter was swapped): no consumption may be
+computed between this reading and the previous one; an event says why."""
+
+__all__ += ["FLAG_DISCONTINUITY", "FLAG_ROLLOVER"]
+
+
+class EventCode(IntEnum):
+    """Meter event codes (``MeterEvent.code``; wire codes: never renumber, only append)."""
+
+    COMM_FAILURE = 1
+    """N consecutive polls failed; detail: cause hint, polls, error."""
+    COMM_RESTORED = 2
+    """A flagged meter answers again; detail: failed polls, seconds down."""
+    METER_NUMBER_CHANGED = 3
+    """DI 04000402 differs from the recorded number; detail: old, new."""
+    REGISTER_ROLLOVER = 4
+    """An energy register wrapped past its maximum; detail: quantity, old, new."""
+    ENERGY_BACKWARDS = 5
+    """An energy register went backwards (not a rollover); detail: quantity, old, new."""
+    ENERGY_JUMP = 6
+    """An energy register rose faster than the meter can measure; detail as above."""
+    CLOCK_DRIFT = 7
+    """A meter's clock is off; detail: offset_s."""
+    CLOCK_CORRECTED = 8
+    """A meter's clock was set; detail: method (broadcast | write), offset_s."""
+
+
+__all__ += ["EventCode"]
