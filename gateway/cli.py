@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "frame": ("gateway.cmd.frame", "decode and encode DL/T 645-2007 frames"),
     "sim": ("gateway.cmd.sim", "run simulated RS-485 buses of meters on pseudo-terminals"),
     "doctor": ("gateway.cmd.doctor", "show the installation: fast path, versions"),
+    "run": ("gateway.cmd.run", "run the gateway: poll every bus, journal, answer status"),
+    "status": ("gateway.cmd.status", "ask a running gateway for its buses and meters"),
 }
 
 

@@ -204,6 +204,7 @@ class MeterDriver(ABC):
         if retries is None:
             retries = 0 if self.flagged else self.retries
         tries = 1 + retries
+        ts_ms = now_ms()  # the values are of the moment the job starts (energy is read first)
         replies: list[tuple[Transaction, object]] = []
         for t in transactions:
             reply: object = None
@@ -237,12 +238,12 @@ class MeterDriver(ABC):
                     self._account(t, ex, link.line)
                 break
             if failure is not None:
-                partial = self._finish(job, replies, now_ms())
+                partial = self._finish(job, replies, ts_ms)
                 cause = _classify(failure)
                 stats.last_cause, stats.last_error = cause, str(failure)
                 return replace(partial, ok=False, error=str(failure), cause=cause)
             replies.append((t, reply))
-        result = self._finish(job, replies, now_ms())
+        result = self._finish(job, replies, ts_ms)
         if not result.ok and result.cause and result.cause.startswith("negative"):
             stats.negative += 1
         stats.last_cause, stats.last_error = result.cause, result.error

@@ -1,0 +1,204 @@
+"""One gateway process, wired: configuration -> store writer -> bus threads -> status socket.
+
+::
+
+    with Runtime(load_config("gateway.yaml"), store_path="gw.db") as rt:
+        rt.bus_for("A101-shop").submit(ReadJob("A101-shop", (0x00010000,))).result()
+
+Each serial bus gets its meters' drivers (:mod:`gateway.drivers.registry`), a
+:class:`~gateway.poller.Poller` and its own thread (:class:`~gateway.drivers.bus.Bus`).
+The store (:class:`~gateway.store.store.Store`) journals readings, events and the
+gateway's health: it records the start and, at :meth:`Runtime.stop`, a clean stop; a
+bus's port lost and back are health records of kind :data:`BUS_HEALTH_KIND`.  Other
+services (collection tasks, time sync) use :meth:`Runtime.bus_for`, :attr:`clock`,
+:attr:`config` and :attr:`writer`, and may add a section to the status with
+:meth:`Runtime.add_status`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+
+from gateway import __version__
+from gateway.clock import Clock, SystemClock
+from gateway.config import GatewayConfig
+from gateway.drivers.bus import Bus
+from gateway.drivers.registry import make_driver
+from gateway.poller import Poller, PollSettings
+from gateway.protocols.batch import HealthRecord
+from gateway.status import DEFAULT_SOCKET, StatusServer
+from gateway.store.store import Store
+from gateway.store.writer import StoreWriter
+
+__all__ = ["BUS_HEALTH_KIND", "Runtime"]
+
+_logger = logging.getLogger("gateway")
+
+BUS_HEALTH_KIND = 6
+"""Health record kind of a bus's port events: values ``bus``, ``event`` (``port_lost`` |
+``port_restored``) and ``error``."""
+
+
+class Runtime:
+    """The gateway's core services in one process; :meth:`start` and :meth:`stop`."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        store_path: str | Path | None = None,
+        clock: Clock | None = None,
+        settings: PollSettings | None = None,
+        status_socket: str | Path | None = DEFAULT_SOCKET,
+        reopen_max: float = 5.0,
+    ) -> None:
+        self.config = config
+        self.clock: Clock = clock or SystemClock(config.timezone)
+        self.settings = settings or PollSettings()
+        self.store_path = Path(store_path or config.store.path)
+        self.status_socket = Path(status_socket) if status_socket else None
+        self.reopen_max = reopen_max
+        self.store: Store | None = None
+        self.writer: StoreWriter | None = None
+        self.buses: dict[str, Bus] = {}
+        self.pollers: dict[str, Poller] = {}
+        self._bus_of: dict[str, str] = {}
+        self._status_sections: dict[str, Callable[[], object]] = {}
+        self._server: StatusServer | None = None
+        self._lock = threading.Lock()
+        self.started = False
+
+    def now_ms(self) -> int:
+        return int(self.clock.now().timestamp() * 1000)
+
+    # --- life ---------------------------------------------------------------------
+
+    def start(self) -> Runtime:
+        store = Store.open(
+            self.store_path,
+            gateway_id=self.config.gateway_id,
+            now_ms=self.now_ms,
+            max_bytes=self.config.store.max_bytes,
+            start_info={
+                "version": __version__,
+                "config": self.config.source,
+                "time_trusted": int(self.clock.trusted),
+                "time_source": self.clock.trust_source or "none",
+            },
+        )
+        self.store, self.writer = store, store.writer
+        if store.report.unclean_stop:
+            _logger.warning("the previous run did not stop cleanly (power loss or crash)")
+        try:
+            for bus_config in self.config.serial_buses:
+                meters = self.config.meters_on(bus_config.name)
+                drivers = {m.id: make_driver(m, bus_config) for m in meters}
+                poller = Poller(bus_config.name, drivers, store.writer, self.clock, self.settings)
+                bus = Bus(
+                    bus_config,
+                    drivers,
+                    clock=self.clock,
+                    scheduler=poller,
+                    on_port=self._port_event,
+                    reopen_max=self.reopen_max,
+                )
+                self.buses[bus_config.name] = bus
+                self.pollers[bus_config.name] = poller
+                for m in meters:
+                    self._bus_of[m.id] = bus_config.name
+            for bus in self.buses.values():
+                bus.start()
+            if self.status_socket is not None:
+                self._server = StatusServer(self.status_socket, self.status)
+                self._server.start()
+        except BaseException:
+            self.stop("start failed")
+            raise
+        self.started = True
+        _logger.info(
+            "gateway %s started: %d buses, %d meters, store %s",
+            self.config.gateway_id,
+            len(self.buses),
+            len(self._bus_of),
+            self.store_path,
+        )
+        return self
+
+    def stop(self, reason: str = "stop") -> None:
+        """Stop the buses (after their job in hand), the status socket, then the store."""
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+        for bus in self.buses.values():
+            bus.stop()
+        store = self.store
+        if store is not None:
+            store.close(reason=reason)
+            self.store = None
+        if self.started:
+            _logger.info("gateway %s stopped (%s)", self.config.gateway_id, reason)
+        self.started = False
+
+    def __enter__(self) -> Runtime:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # --- services -----------------------------------------------------------------
+
+    def bus_for(self, meter_id: str) -> Bus:
+        """The bus a meter is on (KeyError for an unknown meter)."""
+        return self.buses[self._bus_of[meter_id]]
+
+    def add_status(self, name: str, section: Callable[[], object]) -> None:
+        """Add ``name: section()`` to every status answer (must be JSON-able, quick)."""
+        self._status_sections[name] = section
+
+    def _port_event(self, bus: str, up: bool, error: str | None) -> None:
+        values: dict[str, int | str] = {"bus": bus, "event": "port_restored" if up else "port_lost"}
+        if error:
+            values["error"] = error[:200]
+        if self.writer is not None:
+            self.writer.submit(HealthRecord(self.now_ms(), BUS_HEALTH_KIND, values))
+
+    def status(self) -> dict[str, object]:
+        """What ``gateway status`` prints: buses, flagged meters, store, extra sections."""
+        buses = []
+        for name, bus in self.buses.items():
+            entry = dict(bus.status())
+            entry["poll"] = self.pollers[name].status()
+            buses.append(entry)
+        out: dict[str, object] = {
+            "gateway_id": self.config.gateway_id,
+            "version": __version__,
+            "now": self.clock.now().isoformat(),
+            "time_trusted": self.clock.trusted,
+            "buses": buses,
+            "readings_stored": sum(p.readings for p in self.pollers.values()),
+        }
+        store = self.store
+        if store is not None:
+            s = store.stats()
+            out["store"] = {
+                "path": str(self.store_path),
+                "records_written": s.records_written,
+                "queue_depth": s.queue_depth,
+                "failing": s.failing,
+                "last_error": s.last_error,
+            }
+        for name, section in self._status_sections.items():
+            try:
+                out[name] = section()
+            except Exception as exc:  # a broken section must not break the status
+                out[name] = {"error": str(exc)}
+        return out

@@ -1,0 +1,283 @@
+"""The polling core against the simulator on real ptys.  Values are compared with the
+simulator's truth at the same instant (a ManualClock shared by both, standing still),
+timing and collisions only from the simulator's bus log."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from polling import (
+    START,
+    M,
+    bench,
+    collisions,
+    every_meter_read,
+    expected_values,
+    meters,
+    requests,
+    wait_for,
+)
+
+from gateway.drivers.jobs import Priority, ReadJob, WriteJob
+from gateway.poller import PollSettings
+from gateway.protocols.dlt645 import BroadcastTime, ReadReply
+from gateway.protocols.quantities import (
+    FLAG_DISCONTINUITY,
+    FLAG_ROLLOVER,
+    EventCode,
+    Quantity,
+)
+
+CONTINUOUS = PollSettings(interval=0, fail_after=2, backoff_base=60)
+
+
+def test_two_buses_of_32_meters_read_the_truth_without_collisions(tmp_path: Path) -> None:
+    buses = [("mb", "modbus", 38400), ("dl", "dlt645", 115200)]
+    ms = meters("mb", "modbus", 32) + meters("dl", "dlt645", 32, turnaround_ms=5)
+    with bench(str(tmp_path), buses, ms, CONTINUOUS) as b:
+        wait_for(every_meter_read(b), 20, "every meter read")
+        # a broadcast in the middle of polling keeps the gap too
+        broadcast = WriteJob(
+            "dl3", BroadcastTime(datetime(2024, 6, 1, 12, 0, 5)), expect_reply=False
+        )
+        assert b.buses["dl"].submit(broadcast, Priority.TASK).result(5).ok
+        for bus in b.buses.values():
+            bus.stop()
+        for m in ms:
+            truth = b.sim.truth(m.id)["meters"][m.id]
+            got = b.journal.readings(m.id)[-1]
+            assert got.values == expected_values(truth, m), m.id
+            assert got.ts_ms == int(START.timestamp() * 1000)
+        for name in ("mb", "dl"):
+            log = b.sim.bus(name).log
+            assert collisions(log) == 0 and b.sim.bus(name).counters.collisions == 0
+            assert all(e.result in ("ok", "broadcast") for e in log), name
+        assert b.sim.bus("dl").counters.broadcasts == 1
+        assert b.journal.events() == []
+        # the ratio was applied: meter 1 of each bus has CT 60
+        assert b.journal.readings("mb1")[-1].values[Quantity.ENERGY_IMPORT] == 60 * 123_450
+        status = b.buses["mb"].status()
+        assert status["errors"] == 0 and status["transactions"] > 0
+
+
+def _others_rate(log: list, faulty_unit: str, start: float, end: float) -> float:
+    """Requests per second of the other meters in [start, end)."""
+    got = [e for e in requests(log, start, end) if e.address != faulty_unit]
+    return len(got) / (end - start)
+
+
+def _fault_run(tmp_path: Path, kind: str) -> None:
+    buses = [("mb", "modbus", 38400)]
+    ms = meters("mb", "modbus", 12)
+    with bench(str(tmp_path), buses, ms, CONTINUOUS) as b:
+        wait_for(every_meter_read(b), 10, "every meter read")
+        t0 = time.monotonic()
+        time.sleep(2.0)
+        t1 = time.monotonic()
+        b.sim.fault("mb5", kind)
+        flagged = lambda: bool(b.journal.events(EventCode.COMM_FAILURE))  # noqa: E731
+        wait_for(flagged, 10, "the meter flagged")
+        time.sleep(max(0.0, 3.0 - (time.monotonic() - t1)))
+        t2 = time.monotonic()
+        b.buses["mb"].stop()
+        log = b.sim.bus("mb").log
+        (event,) = b.journal.events(EventCode.COMM_FAILURE)
+        assert event.meter == "mb5"
+        cause = {"silent": "no-answer", "garbage": "garbled", "wrong_address": "wrong-address"}
+        assert event.detail["cause"] == cause[kind]
+        assert event.detail["polls"] == 2
+        # flagged within the configured polls: 2 polls x (1 try + 1 retry), no more
+        asked = [e for e in requests(log, t1) if e.address == "5"]
+        assert len(asked) == 2 * 2
+        # the others' cycle grows by less than 10 % (here: it does not grow at all
+        # once the meter is flagged and left out)
+        before = _others_rate(log, "5", t0, t1)
+        during = _others_rate(log, "5", t1, t2)
+        assert before / during < 1.10, (before, during)
+        assert collisions(log) == 0
+        status = b.pollers["mb"].status()
+        assert status["flagged"][0]["meter"] == "mb5"
+
+
+def test_a_silent_meter_is_flagged_and_does_not_slow_the_others(tmp_path: Path) -> None:
+    _fault_run(tmp_path, "silent")
+
+
+def test_a_garbled_meter_is_flagged_and_does_not_slow_the_others(tmp_path: Path) -> None:
+    _fault_run(tmp_path, "garbage")
+
+
+def test_wrong_address_hint_and_recovery_after_a_probe(tmp_path: Path) -> None:
+    buses = [("mb", "modbus", 38400)]
+    ms = meters("mb", "modbus", 3)
+    settings = PollSettings(interval=0, fail_after=2, backoff_base=0.3)
+    with bench(str(tmp_path), buses, ms, settings) as b:
+        wait_for(every_meter_read(b), 10, "every meter read")
+        b.sim.fault("mb2", "wrong_address")
+        wait_for(lambda: bool(b.journal.events(EventCode.COMM_FAILURE)), 10, "flagged")
+        assert b.journal.events(EventCode.COMM_FAILURE)[0].detail["cause"] == "wrong-address"
+        b.sim.clear("mb2")
+        wait_for(lambda: bool(b.journal.events(EventCode.COMM_RESTORED)), 10, "restored")
+        (restored,) = b.journal.events(EventCode.COMM_RESTORED)
+        assert restored.meter == "mb2" and restored.detail["cause"] == "wrong-address"
+        assert b.pollers["mb"].status()["flagged"] == []
+
+
+def test_a_whole_silent_bus_is_hinted_as_such(tmp_path: Path) -> None:
+    buses = [("dl", "dlt645", 38400)]
+    ms = meters("dl", "dlt645", 3, turnaround_ms=5)
+    with bench(str(tmp_path), buses, ms, CONTINUOUS) as b:
+        wait_for(every_meter_read(b), 10, "every meter read")
+        b.sim.bus_silent("dl")
+        wait_for(lambda: len(b.journal.events(EventCode.COMM_FAILURE)) == 3, 15, "3 flagged")
+        causes = [e.detail["cause"] for e in b.journal.events(EventCode.COMM_FAILURE)]
+        # the first meter to fail cannot know yet; once every meter fails, the bus is named
+        assert causes[-1] == "bus-silent" and set(causes) <= {"no-answer", "bus-silent"}
+
+
+def test_priorities_relay_first(tmp_path: Path) -> None:
+    buses = [("dl", "dlt645", 19200)]
+    ms = meters("dl", "dlt645", 2, turnaround_ms=5)
+    with bench(str(tmp_path), buses, ms, PollSettings(interval=3600)) as b:
+        wait_for(every_meter_read(b), 10, "every meter read")
+        bus = b.buses["dl"]
+        done: list[str] = []
+        futures = []
+        for name, priority in [
+            ("poll", Priority.POLL),
+            ("task", Priority.TASK),
+            ("relay", Priority.RELAY),
+        ]:
+            f = bus.submit(ReadJob("dl1", (0x00010000,) * 3), priority)
+            f.add_done_callback(lambda _f, name=name: done.append(name))
+            futures.append(f)
+        for f in futures:
+            assert f.result(10).ok
+        # the first queued may already be on the wire; the rest go by priority
+        assert done[1:] == sorted(done[1:], key=["relay", "task", "poll"].index)
+        reply = bus.submit(ReadJob("dl2", (0x04000402,))).result(5)
+        assert reply.values == {0x04000402: "000000000002"}
+        bad = bus.submit(ReadJob("dl2", (0x04000409,))).result(5)
+        assert not bad.ok and bad.cause == "negative:02"
+        unknown = bus.submit(ReadJob("nobody")).result(1)
+        assert not unknown.ok and "nobody" in (unknown.error or "")
+        assert isinstance(ReadReply, type)
+
+
+def test_swap_and_rollover_give_events_and_no_false_consumption(tmp_path: Path) -> None:
+    buses = [("dl", "dlt645", 38400)]
+    ms = [
+        M("roll", "dl", "dlt645", 1, energy_wh=999_999_000, watts=36_000, turnaround_ms=5),
+        M("swap", "dl", "dlt645", 2, energy_wh=5_000_000, watts=3_600, turnaround_ms=5),
+        M("calm", "dl", "dlt645", 3, ct=2, energy_wh=7_000_000, watts=3_600, turnaround_ms=5),
+    ]
+    with bench(str(tmp_path), buses, ms, CONTINUOUS) as b:
+        wait_for(every_meter_read(b), 10, "every meter read")
+        truth0 = {m.id: b.sim.truth(m.id)["meters"][m.id] for m in ms}
+        b.clock.advance(60)  # 600 Wh on roll: 999,999,000 -> 999,999,600 -> wraps at 10^9
+        b.clock.advance(60)
+        b.sim.control("swap", "swap", {"meter_number": "990000000001", "energy_import_wh": 1_000})
+        after = int(b.clock.now().timestamp() * 1000)
+        wait_for(every_meter_read(b, after), 10, "every meter read again")
+        wait_for(lambda: bool(b.journal.events(EventCode.METER_NUMBER_CHANGED)), 10, "number check")
+        b.buses["dl"].stop()
+        truth1 = {m.id: b.sim.truth(m.id)["meters"][m.id] for m in ms}
+        codes = {(e.meter, e.code) for e in b.journal.events()}
+        assert codes == {
+            ("roll", EventCode.REGISTER_ROLLOVER),
+            ("swap", EventCode.ENERGY_BACKWARDS),
+            ("swap", EventCode.METER_NUMBER_CHANGED),
+        }
+        (number,) = b.journal.events(EventCode.METER_NUMBER_CHANGED)
+        assert number.detail == {"old": "000000000002", "new": "990000000001"}
+        assert b.pollers["dl"].status()["swapped"] == ["swap"]
+        # consumption from the readings, as a biller would take it: across a rollover
+        # add the register's range, across a discontinuity take nothing
+        for m in ms:
+            got = b.journal.readings(m.id)
+            consumed = 0
+            for old, new in itertools.pairwise(got):
+                a, z = old.values[Quantity.ENERGY_IMPORT], new.values[Quantity.ENERGY_IMPORT]
+                if new.flags & FLAG_DISCONTINUITY:
+                    continue
+                if new.flags & FLAG_ROLLOVER:
+                    z += 10**9 * m.ct
+                assert z >= a, (m.id, old, new)
+                consumed += z - a
+            t0, t1 = truth0[m.id], truth1[m.id]
+            true = t1["total_import_wh"] - t0["total_import_wh"]
+            if m.id == "swap":
+                assert consumed == 0  # nothing charged across the swap
+                assert any(r.flags & FLAG_DISCONTINUITY for r in got)
+            else:
+                assert consumed == m.ct * true, m.id  # 10 Wh register resolution is exact here
+        assert any(r.flags & FLAG_ROLLOVER for r in b.journal.readings("roll"))
+        assert all(r.flags == 0 for r in b.journal.readings("calm"))
+
+
+def test_a_vanished_port_is_reopened_without_a_restart(tmp_path: Path) -> None:
+    from polling import gateway_yaml, sim_yaml
+
+    from gateway.config import parse_config
+    from gateway.protocols.batch import HealthRecord
+    from gateway.runtime import BUS_HEALTH_KIND, Runtime
+    from gateway.sim.config import parse_sim_config
+    from gateway.sim.service import Simulator
+    from gateway.store.journal import JournalReader, Kind
+
+    buses = [("dl", "dlt645", 38400), ("mb", "modbus", 38400)]
+    ms = meters("dl", "dlt645", 2, turnaround_ms=5) + meters("mb", "modbus", 2)
+    from gateway.clock import ManualClock
+
+    clock = ManualClock(START)
+    with Simulator(
+        parse_sim_config(sim_yaml(buses, ms), "s.yaml", link_dir=str(tmp_path)), clock
+    ) as sim:
+        config = parse_config(gateway_yaml(sim, buses, ms), "gw.yaml")
+        rt = Runtime(
+            config,
+            store_path=tmp_path / "gw.db",
+            clock=clock,
+            settings=PollSettings(interval=0),
+            status_socket=tmp_path / "s.sock",
+            reopen_max=0.2,
+        )
+        with rt:
+            wait_for(lambda: rt.pollers["dl"].readings > 0, 10, "readings")
+            sim.bus("dl").stop()  # the device disappears (link removed, pty closed)
+            wait_for(lambda: not rt.buses["dl"].up, 5, "port lost")
+            # a job meanwhile fails at once, it does not wait for the device
+            lost = rt.bus_for("dl1").submit(ReadJob("dl1", (0x00010000,))).result(2)
+            assert lost.cause == "port-error"
+            mb_before = rt.pollers["mb"].readings
+            time.sleep(0.5)
+            assert rt.pollers["mb"].readings > mb_before  # the other bus goes on
+            before = rt.pollers["dl"].readings
+            sim.bus("dl").start()  # the device comes back at the same path
+            wait_for(lambda: rt.pollers["dl"].readings > before + 4, 10, "readings again")
+            status = rt.status()
+            dl = next(bus for bus in status["buses"] if bus["name"] == "dl")  # type: ignore[union-attr]
+            assert dl["up"] and dl["reopens"] == 1 and dl["port_errors"] >= 1
+            assert rt.pollers["dl"].status()["flagged"] == []
+            assert sim.bus("dl").counters.collisions == 0
+        with JournalReader(tmp_path / "gw.db") as reader:
+            health = [r for _, r in reader.records(Kind.HEALTH)]
+        assert isinstance(health[0], HealthRecord)
+        bus_events = [h.values["event"] for h in health if h.kind == BUS_HEALTH_KIND]
+        assert bus_events == ["port_lost", "port_restored"]
+        assert [h.values.get("event") for h in health if h.kind == 1] == ["start", "stop"]
+
+
+def test_untrusted_time_marks_readings(tmp_path: Path) -> None:
+    from gateway.clock import ManualClock
+    from gateway.protocols.quantities import FLAG_TIME_UNTRUSTED
+
+    clock = ManualClock(datetime(2024, 6, 1, 4, 0, tzinfo=UTC), trusted=False)
+    with bench(
+        str(tmp_path), [("mb", "modbus", 38400)], meters("mb", "modbus", 2), CONTINUOUS, clock
+    ) as b:
+        wait_for(every_meter_read(b), 10, "every meter read")
+        assert all(r.flags & FLAG_TIME_UNTRUSTED for r in b.journal.readings())

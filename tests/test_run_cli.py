@@ -1,0 +1,124 @@
+"""``gateway run`` as a process against ``gateway sim`` as a process: ``gateway status``
+answers, SIGTERM stops both cleanly, and the store records the start and the stop."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from gateway.protocols.quantities import EventCode, Reading
+from gateway.store.journal import JournalReader, Kind
+
+SIM = """
+link_dir: {dir}
+buses:
+  - {{name: d, link: d, protocol: dlt645, baud: 38400, parity: E}}
+  - {{name: m, link: m, protocol: modbus, baud: 38400, parity: E}}
+meters:
+  - {{id: d1, bus: d, address: "000000000001", turnaround_ms: 5}}
+  - {{id: d2, bus: d, address: "000000000002", turnaround_ms: 5, faults: {{silent: true}}}}
+  - {{id: m1, bus: m, unit_id: 1, profile: sdm120, turnaround_ms: 5}}
+"""
+GATEWAY = """
+gateway_id: cli-gw
+serial_buses:
+  - {{name: d, port: {dir}/d, protocol: dlt645, baud: 38400, parity: E, timeout: 0.05}}
+  - {{name: m, port: {dir}/m, protocol: modbus, baud: 38400, parity: E}}
+meters:
+  - {{id: d1, bus: d, address: "000000000001"}}
+  - {{id: d2, bus: d, address: "000000000002"}}
+  - {{id: m1, bus: m, unit_id: 1, profile: sdm120}}
+uplink: {{host: localhost}}
+"""
+
+
+def gateway(*args: str) -> list[str]:
+    return [sys.executable, "-m", "gateway", *args]
+
+
+def test_run_and_status_against_a_simulator_process(tmp_path: Path) -> None:
+    (tmp_path / "sim.yaml").write_text(SIM.format(dir=tmp_path))
+    (tmp_path / "gw.yaml").write_text(GATEWAY.format(dir=tmp_path))
+    sock, store = tmp_path / "s.sock", tmp_path / "gw.db"
+    sim = subprocess.Popen(
+        gateway("sim", "--config", str(tmp_path / "sim.yaml")),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    run = None
+    try:
+        deadline = time.monotonic() + 10
+        while not (tmp_path / "m").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        run = subprocess.Popen(
+            gateway(
+                "run",
+                "--config",
+                str(tmp_path / "gw.yaml"),
+                "--store",
+                str(store),
+                "--socket",
+                str(sock),
+                "--interval",
+                "0",
+                "--fail-after",
+                "2",
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        answer: dict[str, object] = {}
+        while time.monotonic() < deadline + 10:
+            time.sleep(0.2)
+            got = subprocess.run(
+                gateway("status", "--socket", str(sock), "--json"), capture_output=True, text=True
+            )
+            if got.returncode == 0:
+                answer = json.loads(got.stdout)
+                buses = answer["buses"]
+                assert isinstance(buses, list)
+                if all(b["poll"]["readings"] > 0 for b in buses) and any(
+                    b["poll"]["flagged"] for b in buses
+                ):
+                    break
+        buses = answer["buses"]
+        assert isinstance(buses, list)
+        assert {b["name"] for b in buses} == {"d", "m"}
+        (d,) = [b for b in buses if b["name"] == "d"]
+        assert d["poll"]["flagged"] == [
+            {"meter": "d2", "cause": "no-answer", "failures": 2, "error": "no reply within 50 ms"}
+        ]
+        human = subprocess.run(
+            gateway("status", "--socket", str(sock)), capture_output=True, text=True
+        )
+        assert human.returncode == 0
+        assert "bus m modbus 38400 8E1 up:" in human.stdout
+        assert "flagged d2: no-answer (2 polls)" in human.stdout
+        run.send_signal(signal.SIGTERM)
+        _, err = run.communicate(timeout=10)
+        assert run.returncode == 0, err
+        assert "event COMM_FAILURE meter=d2 cause=no-answer" in err
+        assert "stopped (SIGTERM)" in err
+    finally:
+        if run is not None and run.poll() is None:
+            run.kill()
+            run.wait()
+        sim.send_signal(signal.SIGTERM)
+        sim.communicate(timeout=10)
+    assert sim.returncode == 0
+    assert not sock.exists()
+    down = subprocess.run(gateway("status", "--socket", str(sock)), capture_output=True, text=True)
+    assert down.returncode == 2 and "no gateway answers" in down.stderr
+    with JournalReader(store) as reader:
+        power = [r.values["event"] for _, r in reader.records(Kind.HEALTH) if r.kind == 1]
+        readings = [r for _, r in reader.records(Kind.READINGS, limit=100_000)]
+        events = [r for _, r in reader.records(Kind.EVENTS)]
+    assert power == ["start", "stop"]
+    assert {r.meter for r in readings if isinstance(r, Reading)} == {"d1", "m1"}
+    assert [(e.meter, e.code) for e in events] == [("d2", EventCode.COMM_FAILURE)]
