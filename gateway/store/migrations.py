@@ -1,0 +1,117 @@
+"""Numbered schema migrations, registered as functions, recorded in ``schema_version``.
+
+Each migration runs in its own transaction together with the row that records it,
+so a migration is applied entirely, once, or not at all.  Versions are 1, 2, 3 ...
+with no gaps; a store whose recorded version is newer than the software's refuses
+to open (:class:`StoreNewer`).  Add a migration by appending a function::
+
+    @JOURNAL(2, "ledger tables")
+    def _ledger(db: Database) -> None:
+        db.execute("CREATE TABLE ledger (...)")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlite_utils import Database
+
+__all__ = ["JOURNAL", "Migration", "Migrations", "StoreNewer"]
+
+Migration = Callable[[Database], None]
+
+
+class StoreNewer(Exception):
+    """The store was written by newer software (its schema version is unknown here)."""
+
+
+class Migrations:
+    """An ordered set of numbered migrations, applied by :meth:`apply`."""
+
+    table = "schema_version"
+
+    def __init__(self) -> None:
+        self._steps: dict[int, tuple[str, Migration]] = {}
+
+    def __call__(self, version: int, name: str) -> Callable[[Migration], Migration]:
+        """Decorator: register the function as migration ``version``."""
+
+        def register(function: Migration) -> Migration:
+            self.register(version, name, function)
+            return function
+
+        return register
+
+    def register(self, version: int, name: str, function: Migration) -> None:
+        """Add migration ``version``; versions must run 1, 2, 3 ... in order."""
+        if version != len(self._steps) + 1:
+            raise ValueError(f"migration {version} registered after {len(self._steps)}")
+        self._steps[version] = (name, function)
+
+    @property
+    def latest(self) -> int:
+        return len(self._steps)
+
+    def steps(self) -> list[tuple[int, str, Migration]]:
+        return [(version, name, fn) for version, (name, fn) in self._steps.items()]
+
+    def applied(self, db: Database) -> dict[int, int]:
+        """Recorded migrations: version -> applied time (UTC ms).  Empty for a new file."""
+        if self.table not in db.table_names():
+            return {}
+        rows = db.execute(f"SELECT version, applied_ms FROM {self.table}").fetchall()
+        return {int(version): int(applied) for version, applied in rows}
+
+    def apply(self, db: Database, now_ms: int) -> list[int]:
+        """Run every migration not yet recorded, in order; the versions run now."""
+        with db.atomic():
+            db.execute(
+                f"CREATE TABLE IF NOT EXISTS {self.table} ("
+                " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_ms INTEGER NOT NULL)"
+            )
+        done = self.applied(db)
+        newest = max(done, default=0)
+        if newest > self.latest:
+            raise StoreNewer(
+                f"store schema version {newest} is newer than this software's {self.latest}"
+            )
+        ran: list[int] = []
+        for version, name, function in self.steps():
+            if version in done:
+                continue
+            with db.atomic():
+                function(db)
+                db.execute(
+                    f"INSERT INTO {self.table} (version, name, applied_ms) VALUES (?, ?, ?)",
+                    (version, name, now_ms),
+                )
+            ran.append(version)
+        return ran
+
+
+JOURNAL = Migrations()
+"""The gateway store's migrations."""
+
+
+@JOURNAL(1, "journal tables")
+def _journal_tables(db: Database) -> None:
+    # Journal positions are rowids.  Without AUTOINCREMENT a new rowid is max(rowid)+1,
+    # so positions only grow as long as the newest row of a table is never deleted:
+    # retention keeps it (readings); events and health are never deleted; a replaced
+    # task result is deleted and re-inserted, so that table uses AUTOINCREMENT.
+    for statement in (
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value)",
+        "CREATE TABLE meters (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)",
+        "CREATE TABLE readings (id INTEGER PRIMARY KEY, meter INTEGER NOT NULL,"
+        " ts_ms INTEGER NOT NULL, flags INTEGER NOT NULL, vals BLOB)",
+        "CREATE TABLE events (id INTEGER PRIMARY KEY, meter INTEGER NOT NULL,"
+        " ts_ms INTEGER NOT NULL, code INTEGER NOT NULL, detail BLOB)",
+        "CREATE TABLE task_results (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " meter INTEGER NOT NULL, kind INTEGER NOT NULL, business_day TEXT NOT NULL,"
+        " status INTEGER NOT NULL, freeze_ts_ms INTEGER, vals BLOB,"
+        " UNIQUE (meter, kind, business_day))",
+        "CREATE TABLE health (id INTEGER PRIMARY KEY, ts_ms INTEGER NOT NULL,"
+        " kind INTEGER NOT NULL, vals BLOB)",
+        "CREATE TABLE acked (kind TEXT PRIMARY KEY, up_to INTEGER NOT NULL)",
+    ):
+        db.execute(statement)
