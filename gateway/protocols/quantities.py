@@ -100,6 +100,12 @@ computed between this reading and the previous one; an event says why."""
 
 __all__ += ["FLAG_DISCONTINUITY", "FLAG_ROLLOVER"]
 
+FLAG_CURVE = 16
+"""A load-curve point (e.g. each quarter hour) the gateway computed from its own readings
+of the meter, not a poll; with :data:`FLAG_ESTIMATED` when interpolated between two."""
+
+__all__ += ["FLAG_CURVE"]
+
 
 class EventCode(IntEnum):
     """Meter event codes (``MeterEvent.code``; wire codes: never renumber, only append)."""
