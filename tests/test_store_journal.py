@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sqlite_utils import Database
 
 from gateway.errors import StoreError
 from gateway.protocols.batch import HealthRecord, MeterEvent, TaskKind, TaskResult, TaskStatus
 from gateway.protocols.quantities import Quantity, Reading
-from gateway.store import Kind, Record, Store
+from gateway.store import JournalReader, Kind, Record, Store
+from gateway.store.db import PAGE_SIZE
 
 INT64 = st.integers(-(2**63), 2**63 - 1)
 METERS = st.text(min_size=0, max_size=14)
@@ -193,3 +195,21 @@ def test_typed_reads_per_kind(store: Store) -> None:
         assert reader.events() == [(1, event)]
         assert reader.task_results(unacknowledged=True) == [(1, task)]
         assert [h.values["event"] for _, h in reader.health()] == ["start"]
+
+
+def test_a_new_store_uses_small_pages_and_wal(store: Store) -> None:
+    def pragmas(db: Database) -> tuple[int, str, int]:
+        return (
+            int(db.execute("PRAGMA page_size").fetchone()[0]),
+            str(db.execute("PRAGMA journal_mode").fetchone()[0]),
+            int(db.execute("PRAGMA synchronous").fetchone()[0]),
+        )
+
+    assert store.writer.call(pragmas).result(10) == (PAGE_SIZE, "wal", 1)
+    assert PAGE_SIZE == 1024
+
+
+def test_a_reader_never_creates_a_store(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="for reading"):
+        JournalReader(tmp_path / "missing.db")
+    assert list(tmp_path.iterdir()) == []

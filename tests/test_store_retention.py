@@ -155,7 +155,7 @@ def test_freed_pages_are_reused_so_the_file_stops_growing(tmp_path: Path) -> Non
 
 def test_the_writer_enforces_the_bound_periodically(tmp_path: Path) -> None:
     with Store.open(
-        tmp_path / "s.db", gateway_id="gw", max_bytes=120_000, retention_interval=0.05
+        tmp_path / "s.db", gateway_id="gw", max_bytes=60_000, retention_interval=0.05
     ) as store:
         store.submit_many(Reading(f"m{i % 4}", i, {Quantity.POWER: i}) for i in range(5000))
         store.flush(10)
@@ -165,7 +165,7 @@ def test_the_writer_enforces_the_bound_periodically(tmp_path: Path) -> None:
         stats = store.stats()
         assert stats.retention_runs >= 1
         assert stats.readings_dropped > 0
-        assert used(store) <= 120_000
+        assert used(store) <= 60_000
         with store.reader() as reader:
             codes = [r.code for _, r in reader.events()]
         assert set(codes) == {EVENT_READINGS_DROPPED}

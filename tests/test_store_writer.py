@@ -172,11 +172,27 @@ def test_close_gives_up_when_the_store_keeps_failing(tmp_path: Path) -> None:
         )
         store.submit(Reading("m", 1))
         future = store.submit_durable([MeterEvent("m", 1, 1)])
+        flushed: list[object] = []
+
+        def wait_for_flush() -> None:
+            try:
+                flushed.append(store.flush())
+            except StoreError as exc:
+                flushed.append(exc)
+
+        waiter = threading.Thread(target=wait_for_flush)
+        waiter.start()
+        time.sleep(0.1)  # the flush is queued (a microsecond's work) before close
         with pytest.raises(StoreError, match="disk on fire"):
             store.close(timeout=0.3)
         with pytest.raises(StoreError, match="gave up"):
             future.result(5)
+        waiter.join(5)
+        assert flushed == [False]  # a flush waiting without timeout is released
         assert not store.stats().alive
+        with pytest.raises(StoreError, match="closed"):
+            store.submit(Reading("m", 2))
+        store.close()  # and closing again is quiet
     finally:
         side.close()
 

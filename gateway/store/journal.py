@@ -100,17 +100,20 @@ def _text(value: object, what: str) -> str:
     return str(value)
 
 
-def _quantities(values: Mapping[Any, object], what: str) -> bytes | None:
+_QUANTITIES = {int(q): q for q in Quantity}
+
+
+def _quantities(values: Mapping[Any, Any], what: str) -> bytes | None:
+    """``{code: value}`` as CBOR (IntEnum keys encode as plain integers), codes ascending."""
     if not values:
         return None
-    out: dict[int, int] = {}
     for code, value in values.items():
-        try:
-            quantity = Quantity(code)
-        except ValueError:
-            raise StoreError(f"{what}: unknown quantity {code!r}") from None
-        out[int(quantity)] = _int(value, f"{what} {quantity.name}")
-    return cbor2.dumps(dict(sorted(out.items())))
+        quantity = _QUANTITIES.get(code) if type(code) is not bool else None
+        if quantity is None:
+            raise StoreError(f"{what}: unknown quantity {code!r}")
+        if type(value) is not int or not _INT64[0] <= value <= _INT64[1]:
+            _int(value, f"{what} {quantity.name}")  # raises (or an int subclass: converted below)
+    return cbor2.dumps({int(code): int(values[code]) for code in sorted(values)})
 
 
 def _detail(values: Mapping[Any, object], what: str, *, text_keys: bool) -> bytes | None:

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
@@ -62,13 +63,20 @@ class OpenReport:
 class Store:
     """An open store: its identity (:attr:`meta`), its writer thread, and readers."""
 
-    def __init__(self, path: Path, meta: StoreMeta, report: OpenReport, writer: StoreWriter):
+    def __init__(
+        self,
+        path: Path,
+        meta: StoreMeta,
+        report: OpenReport,
+        writer: StoreWriter,
+        now_ms: Callable[[], int],
+    ) -> None:
         """Use :meth:`open`."""
         self.path = path
         self.meta = meta
         self.report = report
         self.writer = writer
-        self._now_ms: Callable[[], int] = wall_ms
+        self._now_ms = now_ms
         self._closed = False
 
     @classmethod
@@ -82,7 +90,7 @@ class Store:
         start_info: Mapping[str, int | str] | None = None,
         max_bytes: int | None = None,
         max_batch: int = 1000,
-        max_delay: float = 1.0,
+        max_delay: float = 2.0,
         retention_interval: float = 60.0,
         max_queue: int = 100_000,
     ) -> Store:
@@ -128,9 +136,7 @@ class Store:
             retention_interval=retention_interval,
             max_queue=max_queue,
         )
-        store = cls(path, meta, report, writer)
-        store._now_ms = now_ms
-        return store
+        return cls(path, meta, report, writer, now_ms)
 
     # -- writing (any thread) ------------------------------------------------------------------
 
@@ -178,7 +184,8 @@ class Store:
             db.conn.execute(INSERT_SQL[Kind.HEALTH], stop.params)
             db.execute("UPDATE meta SET value = 0 WHERE key = 'running'")
 
-        self.writer.call(clean_stop, durable=True)
+        with contextlib.suppress(StoreError):  # a writer that already stopped
+            self.writer.call(clean_stop, durable=True)
         self.writer.close(timeout)
 
     def __enter__(self) -> Store:

@@ -88,6 +88,7 @@ class _Call:
 @dataclass(slots=True)
 class _Flush:
     done: threading.Event = field(default_factory=threading.Event)
+    ok: bool = False
 
 
 class _Stop:
@@ -124,7 +125,7 @@ class StoreWriter:
         *,
         now_ms: Callable[[], int],
         max_batch: int = 1000,
-        max_delay: float = 1.0,
+        max_delay: float = 2.0,
         max_bytes: int | None = None,
         retention_interval: float = 60.0,
         max_queue: int = 100_000,
@@ -224,7 +225,7 @@ class StoreWriter:
         """Wait until everything submitted before this call is committed; False on timeout."""
         item = _Flush()
         self._put(item, 0)
-        return item.done.wait(timeout)
+        return item.done.wait(timeout) and item.ok
 
     def close(self, timeout: float | None = None) -> None:
         """Commit everything queued, then stop the thread and close the connection.
@@ -314,6 +315,23 @@ class StoreWriter:
                     next_retention = time.monotonic() + self._retention_interval
         finally:
             self._db.close()
+            self._fail_queued()
+
+    def _fail_queued(self) -> None:
+        """The thread is ending: refuse new items and fail those still queued."""
+        with self._lock:
+            self._closed = True
+            reason = self._last_error
+        error = StoreError(f"store writer stopped: {reason}")
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, _Durable | _Call):
+                _settle(item.future, None, error)
+            elif isinstance(item, _Flush):
+                item.done.set()
 
     def _collect(self, wait: float | None) -> list[_Item]:
         """The next group: the first item (waiting up to ``wait``), then what joins it."""
@@ -357,6 +375,8 @@ class StoreWriter:
                     for item in items:
                         if isinstance(item, _Durable | _Call):
                             _settle(item.future, None, error)
+                        elif isinstance(item, _Flush):
+                            item.done.set()
                     return False
                 delay = min(delay * 2, 5.0)
         records = sum(_size(item) for item in items)
@@ -375,6 +395,7 @@ class StoreWriter:
             _settle(future, result, failure)
         for item in items:
             if isinstance(item, _Flush):
+                item.ok = True
                 item.done.set()
         return True
 
