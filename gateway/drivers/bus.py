@@ -180,8 +180,10 @@ class Bus:
         wall = max(1e-9, now - s.started) if s.started else 1e-9
         busy = max(1e-9, wall - s.idle_time - s.down_time)
         line_time = sum(d.stats.line_time for d in self.drivers.values())
-        requests = sum(d.stats.requests for d in self.drivers.values())
-        replies = sum(d.stats.replies for d in self.drivers.values())
+        stats = [d.stats for d in self.drivers.values()]
+        requests = sum(d.requests for d in stats)
+        replies = sum(d.replies for d in stats)
+        errors = sum(d.timeouts + d.garbled + d.wrong_address for d in stats)
         return {
             "name": self.name,
             "port": self.config.port,
@@ -195,7 +197,7 @@ class Bus:
             "failed_jobs": s.failed_jobs,
             "transactions": requests,
             "replies": replies,
-            "errors": requests - replies,
+            "errors": errors,
             "efficiency": round(line_time / busy, 4),
             "utilisation": round(line_time / wall, 4),
             "bytes_out": s.bytes_out,
@@ -360,6 +362,7 @@ class Bus:
             return Exchange(None, tx_end)
         deadline = tx_end + allowance
         first: float | None = None
+        start = float("inf")  # estimate of the reply's first byte on the line
         last = tx_end
         n = 0
         try:
@@ -381,12 +384,16 @@ class Bus:
                 reply = reader.feed(data)
                 if reply is not None:
                     return Exchange(reply, tx_end, last, n)
-                need = reader.needed()
+                # Bytes read at once may have waited; the earliest (arrival - bytes so far
+                # x char) is never before the reply's true start, so ``end`` is never early.
+                start = min(start, last - n * char)
+                end = start + (n + reader.needed()) * char
                 deadline = min(
-                    last + need * char + IDLE_MARGIN, first + max_reply * char + IDLE_MARGIN
+                    max(end, last + char) + IDLE_MARGIN, first + max_reply * char + IDLE_MARGIN
                 )
-                if need > 2:
-                    time.sleep((need - 1) * char)  # the bytes are on the wire: do not wake per byte
+                pause = end - char / 2 - monotonic()
+                if pause > 0.0005:
+                    time.sleep(pause)  # the bytes are on the wire: do not wake per byte
         except RemoteProtocolError:
             self._extra_quiet = IDLE_MARGIN
             raise

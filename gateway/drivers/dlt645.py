@@ -67,9 +67,10 @@ class Dlt645Reader:
         self._buf = bytearray()
 
     def feed(self, data: bytes) -> object | None:
-        self._buf += data
         before = self._framer.stats.bad_checksums + self._framer.stats.bad_end_bytes
         raws = self._framer.feed_raw(data)
+        pending = self._framer.pending  # what the framer holds: the start of a frame
+        self._buf = bytearray((self._buf + data)[-pending:]) if pending else bytearray()
         for raw in raws:
             if not raw.control & 0x80:
                 continue  # our own request echoed
