@@ -31,7 +31,7 @@ from gateway.protocols.quantities import (
 )
 from gateway.sim.config import parse_sim_config
 from gateway.sim.service import Simulator
-from gateway.store import Store
+from gateway.store import Kind, Store
 from gateway.tasks import (
     Backfill,
     TaskMeter,
@@ -274,8 +274,8 @@ def test_results_go_to_the_store_and_a_restart_does_not_read_them_again(
         with store.reader() as reader:
             entry = reader.task_result("m4", TaskKind.DAILY_FREEZE, JAN1)
         assert entry is not None
-        assert entry[1].status is TaskStatus.OK  # type: ignore[union-attr]
-        assert entry[1].values[Quantity.ENERGY_IMPORT] == bench.freeze_truth("m4", 1)[1]  # type: ignore[union-attr]
+        assert entry[1].status is TaskStatus.OK
+        assert entry[1].values[Quantity.ENERGY_IMPORT] == bench.freeze_truth("m4", 1)[1]
         with store.reader() as history:
             second = TaskRunner(bench.clock, meters, lambda m: bus, store.writer, history=history)
             bench.clock.set(local(JAN1, 1, 0))
@@ -344,7 +344,7 @@ def test_a_meter_without_freezes_gets_an_estimated_midnight_value_and_a_curve() 
         assert p.flags == (FLAG_CURVE if on_reading else FLAG_CURVE | FLAG_ESTIMATED)
     curve = latest[("mb", TaskKind.CURVE, DEC31)]
     assert curve.status is TaskStatus.ESTIMATED  # every point of the 31st was made
-    assert runner.completion(DEC31)["curve"] == {  # type: ignore[comparison-overlap]
+    assert runner.completion(DEC31)["curve"] == {
         "expected": 1,
         "ok": 0,
         "failed": 0,
@@ -371,6 +371,18 @@ def test_a_gap_in_readings_fails_the_curve_and_an_unread_midnight_fails_the_day(
     assert latest[("mb", TaskKind.CURVE, DEC31)].status is TaskStatus.FAILED
     assert latest[("mb", TaskKind.DAILY_FREEZE, JAN1)].status is TaskStatus.FAILED
     assert latest[("mb", TaskKind.MONTHLY_FREEZE, JAN1)].status is TaskStatus.FAILED
+
+
+def test_a_clock_that_jumps_a_year_closes_only_the_backfill_window() -> None:
+    clock = ManualClock(local(DEC31, 12, 0))
+    runner, journal = modbus_runner(clock)
+    runner.tick()
+    clock.set(local(date(2026, 6, 1), 12, 0))
+    runner.tick()
+    days = {r.business_day for r in journal.tasks(TaskKind.DAILY_FREEZE)}
+    assert len(days) == 62
+    assert min(days) == date(2026, 6, 1) - timedelta(days=62)
+    assert all(r.status is TaskStatus.FAILED for r in journal.tasks())
 
 
 def test_untrusted_readings_make_no_curve_point() -> None:
@@ -473,3 +485,72 @@ def test_the_search_finds_exactly_the_missing_days_the_meter_keeps(
     assert probes <= 62  # every probe reads a position not read before
     if behind == 0 and len(kept) == 62:  # a full history: one probe per missing day
         assert probes == len(missing)
+
+
+# --- wired into the runtime ----------------------------------------------------------------
+
+
+def test_attached_to_the_runtime_across_midnight(tmp_path: Path) -> None:
+    from polling import gateway_yaml, meters, sim_yaml, wait_for
+
+    from gateway.config import parse_config
+    from gateway.poller import PollSettings
+    from gateway.runtime import Runtime
+    from gateway.tasks.attach import attach
+
+    buses = [("dl", "dlt645", 19200), ("mb", "modbus", 19200)]
+    ms_ = meters("dl", "dlt645", 2, turnaround_ms=5) + meters("mb", "modbus", 2, turnaround_ms=5)
+    clock = ManualClock(local(DEC31, 23, 58))
+    sim_config = parse_sim_config(sim_yaml(buses, ms_), "s.yaml", link_dir=str(tmp_path))
+    with Simulator(sim_config, clock) as sim:
+        config = parse_config(gateway_yaml(sim, buses, ms_), "gw.yaml")
+        rt = Runtime(
+            config,
+            store_path=tmp_path / "gw.db",
+            clock=clock,
+            settings=PollSettings(interval=0),
+            status_socket=tmp_path / "s.sock",
+        )
+        with rt:
+            calendar = attach(rt, interval=0.01)
+            try:
+                runner = calendar.tasks
+                # the gateway polls while its clock runs 40 s per step to 00:06
+                while clock.now() < local(JAN1, 0, 6):
+                    polled = sum(p.readings for p in rt.pollers.values())
+                    wait_for(
+                        lambda n=polled: sum(p.readings for p in rt.pollers.values()) > n + 2,  # type: ignore[misc]
+                        10,
+                        "polls",
+                    )
+                    clock.advance(40)
+                for m in ("dl1", "dl2"):
+                    wait_for(
+                        lambda m=m: (
+                            runner.status_of(m, TaskKind.DAILY_FREEZE, JAN1) is TaskStatus.OK
+                        ),  # type: ignore[misc]
+                        10,
+                        f"{m}'s freeze",
+                    )
+                for m in ("mb1", "mb2"):
+                    status = runner.status_of(m, TaskKind.DAILY_FREEZE, JAN1)
+                    assert status is TaskStatus.ESTIMATED, m
+                assert rt.status()["tasks"]["today"]["daily_freeze"]["rate"] == 1.0  # type: ignore[index]
+                assert "timesync" in rt.status()
+            finally:
+                calendar.stop()
+            assert rt.store is not None and rt.store.flush(5.0)
+            with rt.store.reader() as reader:
+                entry = reader.task_result("mb1", TaskKind.DAILY_FREEZE, JAN1)
+                points = [
+                    r
+                    for _, r in reader.records(Kind.READINGS, limit=100_000)
+                    if isinstance(r, Reading) and r.flags & FLAG_CURVE
+                ]
+            assert entry is not None and isinstance(entry[1], TaskResult)
+            midnight = entry[1].values[Quantity.ENERGY_IMPORT]
+            at_midnight = [p for p in points if p.meter == "mb1" and p.ts_ms == ms(local(JAN1))]
+            assert [p.values[Quantity.ENERGY_IMPORT] for p in at_midnight] == [midnight]
+            # 100 W from 123 450 Wh since 23:58, CT 60: the estimate is within 1 Wh x CT
+            truth = (123_450 + 100 * 2 * 60 // 3600) * 60
+            assert abs(midnight - truth) <= 60

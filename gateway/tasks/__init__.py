@@ -19,7 +19,7 @@ from gateway.tasks.model import (
     freeze_time_di,
     task_meters,
 )
-from gateway.tasks.runner import ObservedJournal, TaskRunner, TickThread
+from gateway.tasks.runner import ObservedJournal, PollJournal, TaskRunner, TickThread
 
 __all__ = [
     "FREEZE_DEPTH",
@@ -28,6 +28,7 @@ __all__ = [
     "CurveBuilder",
     "Journal",
     "ObservedJournal",
+    "PollJournal",
     "TaskHistory",
     "TaskMeter",
     "TaskRunner",

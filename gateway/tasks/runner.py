@@ -36,6 +36,7 @@ import time as _time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Protocol
 
 from gateway.clock import Clock
 from gateway.drivers.jobs import BusHandle, JobResult, Priority, ReadJob
@@ -61,7 +62,7 @@ from gateway.tasks.model import (
     freeze_time_di,
 )
 
-__all__ = ["ObservedJournal", "TaskRunner", "TickThread"]
+__all__ = ["ObservedJournal", "PollJournal", "TaskRunner", "TickThread"]
 
 _logger = logging.getLogger(__name__)
 
@@ -88,10 +89,16 @@ class _Work:
     n: int = 0
 
 
+class PollJournal(Protocol):
+    """Where a poller puts readings and events (:class:`gateway.poller.Journal`)."""
+
+    def submit(self, record: Reading | MeterEvent) -> None: ...
+
+
 class ObservedJournal:
     """A journal that also shows every reading to ``observe`` (give it to the pollers)."""
 
-    def __init__(self, inner: Journal, observe: Callable[[Reading], None]) -> None:
+    def __init__(self, inner: PollJournal, observe: Callable[[Reading], None]) -> None:
         self.inner = inner
         self.observe = observe
 
@@ -147,7 +154,7 @@ class TaskRunner:
         """A reading the gateway stored (any thread, cheap): curve points, midnight values."""
         self.curves.observe(reading)
 
-    def tee(self, inner: Journal) -> ObservedJournal:
+    def tee(self, inner: PollJournal) -> ObservedJournal:
         """``inner`` that also feeds :meth:`observe`: the journal to give the pollers."""
         return ObservedJournal(inner, self.observe)
 
@@ -238,8 +245,9 @@ class TaskRunner:
                 del self._status[old]
 
     def _close_days(self, first: date, today: date) -> None:
-        """Record what days ``first`` .. ``today - 1`` ended with."""
-        day = first
+        """Record what days ``first`` .. ``today - 1`` ended with (at most the back-fill
+        window: a clock that jumped years writes no year of failures)."""
+        day = max(first, today - timedelta(days=self.settings.backfill_days))
         while day < today:
             start_ms = _ms(self.clock.day_start(day))
             for meter in self.meters.values():
@@ -480,8 +488,8 @@ class TaskRunner:
         return {
             "suspended": self.suspended,
             "today": self.completion() if self.clock.trusted else None,
-            "retrying": sorted(m for m, p in self._daily.items() if p.failures),
-            "backfill": {m: len(s.missing) for m, s in self._backfill.items()},
+            "retrying": sorted(m for m, p in list(self._daily.items()) if p.failures),
+            "backfill": {m: len(s.missing) for m, s in list(self._backfill.items())},
             "jobs": self.jobs,
             "failed_jobs": self.failed_jobs,
             "curve_points": self.curves.points_made,
