@@ -1,16 +1,19 @@
 """Meters' clocks: read once a day, corrected within the time rules of domain.md.
 
 Only when the gateway's own time is trusted (design.md): an untrusted clock never
-reads nor sets a meter's clock.  Once a day per DL/T 645 meter (from
-:attr:`TimeSyncSettings.check_from`, never from 23:55 to 00:10 local nor near the
-settlement moment, judged by the gateway's time and by the meter's), the meter's date
-and time (04000101, 04000102) are read and its offset computed in whole seconds:
+reads nor sets a meter's clock.  :class:`TimeTrust` trusts the system clock once the
+kernel says NTP keeps it synchronized (a master time command may trust it too).
+
+Once a day per DL/T 645 meter (from :attr:`TimeSyncSettings.check_from`, never from
+23:55 to 00:10 local nor near the settlement moment, judged by the gateway's time and
+by the meter's), the meter's date and time (04000101, 04000102) are read and its
+offset computed in whole seconds:
 
 - ``|offset| <= threshold_s`` (5 s): nothing.
 - ``<= broadcast_max_s`` (5 min): broadcast time (08).  The frame goes to the
-  broadcast address 99..99: a meter answers 08 at no address of its own (the
-  standard, and the simulator, accept it only broadcast), so it sets every meter of
-  the bus to the gateway's time.  That is right for all of them - each accepts it
+  broadcast address 99..99 (the codec's ``BroadcastTime`` takes an address, but
+  meters - and the simulator - act on 08 only when broadcast), so it sets every meter
+  of the bus to the gateway's time.  That is right for all of them - each accepts it
   only if it is within its own small-correction window - but a meter accepts few
   broadcasts a day, so a bus gets at most one broadcast a day, sent for the first
   meter that needs it.  Each meter it was meant for is read again: corrected, or
@@ -28,6 +31,8 @@ individual write then corrects them).
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
+import ctypes.util
 import logging
 import time as _time
 from collections.abc import Callable, Sequence
@@ -36,7 +41,7 @@ from datetime import UTC, date, datetime, time, timedelta
 
 from gateway.clock import Clock
 from gateway.drivers.jobs import BusHandle, Job, JobResult, Priority, ReadJob, WriteJob
-from gateway.protocols.batch import MeterEvent
+from gateway.protocols.batch import HealthKind, HealthRecord, MeterEvent
 from gateway.protocols.dlt645 import BroadcastTime, WriteRequest, encode_value
 from gateway.protocols.quantities import EventCode
 from gateway.tasks.model import Journal, TaskMeter
@@ -46,7 +51,9 @@ __all__ = [
     "TIME_DI",
     "TimeSync",
     "TimeSyncSettings",
+    "TimeTrust",
     "in_quiet_window",
+    "kernel_clock_synchronized",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -86,6 +93,57 @@ class TimeSyncSettings:
     its one broadcast of the day serves every meter that needs it (about 0.5 s of bus
     time per meter at 2400 baud, once a day); meters past it wait for the next tick."""
     job_timeout_s: float = 60.0
+
+
+_TIME_ERROR = 5
+"""adjtimex(2) clock state: the kernel clock is not synchronized."""
+
+
+def kernel_clock_synchronized() -> bool | None:
+    """Whether the kernel says its clock is kept synchronized (by an NTP daemon:
+    adjtimex(2) returns a clock state other than TIME_ERROR); None where it cannot be
+    asked.  A read-only query: no privilege needed."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        adjtimex = ctypes.CDLL(name, use_errno=True).adjtimex
+    except (OSError, AttributeError):
+        return None
+    timex = ctypes.create_string_buffer(512)  # struct timex (about 208 bytes), modes = 0
+    state = int(adjtimex(timex))
+    if state < 0:
+        return None
+    return state != _TIME_ERROR
+
+
+class TimeTrust:
+    """Trusts the clock once the kernel clock is NTP-synchronized (asked at each tick).
+
+    Call :meth:`tick` where the calendar services tick.  Trust is never withdrawn here:
+    a clock that was synchronized stays close for long after NTP is lost.  The moment
+    it becomes trusted is journalled as a health record (time source ``ntp``).
+    """
+
+    def __init__(
+        self,
+        clock: Clock,
+        journal: Journal | None = None,
+        probe: Callable[[], bool | None] = kernel_clock_synchronized,
+    ) -> None:
+        self.clock = clock
+        self.journal = journal
+        self.probe = probe
+
+    def tick(self, now: datetime | None = None) -> None:
+        if self.clock.trusted or not self.probe():
+            return
+        self.clock.trust("ntp")
+        _logger.info("the gateway's time is trusted: the kernel clock is NTP-synchronized")
+        if self.journal is not None:
+            ts_ms = (self.clock.now() - _EPOCH) // timedelta(milliseconds=1)
+            values: dict[str, int | str] = {"trusted": 1, "source": "ntp"}
+            self.journal.submit(HealthRecord(ts_ms, int(HealthKind.TIME_SOURCE), values))
 
 
 def in_quiet_window(local: datetime, settings: TimeSyncSettings) -> bool:

@@ -18,12 +18,18 @@ from gateway.clock import ManualClock
 from gateway.config import Meter, SerialBus
 from gateway.drivers.bus import Bus
 from gateway.drivers.dlt645 import Dlt645Driver
-from gateway.protocols.batch import MeterEvent
+from gateway.protocols.batch import HealthKind, HealthRecord, MeterEvent
 from gateway.protocols.quantities import EventCode
 from gateway.sim.config import parse_sim_config
 from gateway.sim.service import Simulator
 from gateway.tasks import TaskMeter
-from gateway.timesync import TimeSync, TimeSyncSettings, in_quiet_window
+from gateway.timesync import (
+    TimeSync,
+    TimeSyncSettings,
+    TimeTrust,
+    in_quiet_window,
+    kernel_clock_synchronized,
+)
 
 TZ_OFFSET = timedelta(hours=8)  # Asia/Shanghai
 DAY = date(2025, 3, 12)
@@ -227,3 +233,20 @@ def test_quiet_windows() -> None:
     assert in_quiet_window(datetime(2025, 2, 28, 23, 46), s)
     assert in_quiet_window(datetime(2025, 3, 1, 0, 14), s)
     assert not in_quiet_window(datetime(2025, 3, 2, 0, 14), s)
+
+
+def test_the_clock_is_trusted_once_ntp_has_synchronized_it() -> None:
+    clock = ManualClock(local(DAY, 10), trusted=False)
+    journal = ListJournal()
+    synced: list[bool | None] = [None, False]
+    trust = TimeTrust(clock, journal, probe=lambda: synced[-1])
+    trust.tick()
+    assert not clock.trusted and journal.records == []
+    synced.append(True)
+    trust.tick()
+    trust.tick()
+    assert clock.trusted and clock.trust_source == "ntp"
+    [record] = journal.records
+    assert isinstance(record, HealthRecord) and record.kind == HealthKind.TIME_SOURCE
+    assert record.values == {"trusted": 1, "source": "ntp"}
+    assert kernel_clock_synchronized() in (True, False, None)  # asks the real kernel

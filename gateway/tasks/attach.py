@@ -11,7 +11,9 @@
 :class:`~gateway.timesync.TimeSync` over the runtime's clock, buses and store writer,
 makes every poller's journal show its readings to the tasks (curves, midnight values),
 adds ``tasks`` and ``timesync`` sections to the status, and starts one
-:class:`~gateway.tasks.runner.TickThread` that ticks both.  Not imported by
+:class:`~gateway.tasks.runner.TickThread` that ticks both (after a
+:class:`~gateway.timesync.TimeTrust` for the system clock, which trusts it once NTP
+has synchronized the kernel clock).  Not imported by
 ``gateway.tasks`` itself (it depends on :mod:`gateway.timesync`, which depends on it).
 """
 
@@ -21,14 +23,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from gateway.clock import Clock
+from gateway.clock import Clock, SystemClock
 from gateway.config import GatewayConfig
 from gateway.drivers.jobs import BusHandle
 from gateway.poller import Journal as PollJournal
 from gateway.store import JournalReader, StoreWriter
 from gateway.tasks.model import TaskSettings, task_meters
 from gateway.tasks.runner import TaskRunner, TickThread
-from gateway.timesync import TimeSync, TimeSyncSettings
+from gateway.timesync import TimeSync, TimeSyncSettings, TimeTrust
 
 __all__ = ["Calendar", "RuntimeLike", "attach"]
 
@@ -97,5 +99,8 @@ def attach(
     sync = TimeSync(runtime.clock, meters, runtime.bus_for, writer, timesync)
     runtime.add_status("tasks", runner.status)
     runtime.add_status("timesync", sync.status)
-    thread = TickThread([runner.tick, sync.tick], interval, name="calendar").start()
+    ticks: list[Callable[[], object]] = [runner.tick, sync.tick]
+    if isinstance(runtime.clock, SystemClock):
+        ticks.insert(0, TimeTrust(runtime.clock, writer).tick)
+    thread = TickThread(ticks, interval, name="calendar").start()
     return Calendar(runner, sync, thread, history)
