@@ -2,7 +2,8 @@
 
 Start with :class:`TaskRunner` (:mod:`gateway.tasks.runner`); the freeze data and
 settings are in :mod:`.model`, curves in :mod:`.curves`, the history search in
-:mod:`.backfill`.
+:mod:`.backfill`.  :func:`gateway.tasks.attach.attach` wires them and the meter time
+sync into a started runtime.
 """
 
 from gateway.tasks.backfill import Backfill

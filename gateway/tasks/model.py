@@ -102,7 +102,8 @@ class TaskSettings:
     retry_delays: tuple[int, ...] = (900, 1800, 3600)
     """Seconds before the next try after the 1st, 2nd, ... failed one; the last repeats."""
     backfill_days: int = 62
-    """How far back missing daily freezes are read from the meters' history (<= 62)."""
+    """Days of freeze history searched for missing days, today's included (62: all a
+    DL/T 645 meter keeps, DI0 01..3E; 1: no back-fill)."""
     settlement_day: int = 1
     """Day of the month of the settlement freeze (taken at 00:00, with the daily one)."""
     curve_step_s: int = 900
