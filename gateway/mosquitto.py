@@ -72,7 +72,9 @@ class Mosquitto:
             try:
                 probe.bind((self.host, self.port))
             except OSError as exc:
-                raise UplinkError(f"mosquitto cannot listen on {self.host}:{self.port}: {exc}") from exc
+                raise UplinkError(
+                    f"mosquitto cannot listen on {self.host}:{self.port}: {exc}"
+                ) from exc
         self._proc = subprocess.Popen(
             [find_mosquitto(), "-c", str(self._conf)],
             stdout=subprocess.DEVNULL,

@@ -12,7 +12,8 @@ gateway's health: it records the start and, at :meth:`Runtime.stop`, a clean sto
 bus's port lost and back are health records of kind :data:`BUS_HEALTH_KIND`.  Other
 services (collection tasks, time sync) use :meth:`Runtime.bus_for`, :attr:`clock`,
 :attr:`config` and :attr:`writer`, and may add a section to the status with
-:meth:`Runtime.add_status`.
+:meth:`Runtime.add_status`; ``calendar=True`` attaches them
+(:func:`gateway.tasks.attach.attach`), as ``gateway run`` does.
 """
 
 from __future__ import annotations
@@ -29,16 +30,17 @@ from gateway.config import GatewayConfig
 from gateway.drivers.bus import Bus
 from gateway.drivers.registry import make_driver
 from gateway.poller import Poller, PollSettings
-from gateway.protocols.batch import HealthRecord
+from gateway.protocols.batch import HealthKind, HealthRecord
 from gateway.status import DEFAULT_SOCKET, StatusServer
 from gateway.store.store import Store
 from gateway.store.writer import StoreWriter
+from gateway.tasks.attach import Calendar, attach
 
 __all__ = ["BUS_HEALTH_KIND", "Runtime"]
 
 _logger = logging.getLogger("gateway")
 
-BUS_HEALTH_KIND = 6
+BUS_HEALTH_KIND = HealthKind.BUS
 """Health record kind of a bus's port events: values ``bus``, ``event`` (``port_lost`` |
 ``port_restored``) and ``error``."""
 
@@ -55,6 +57,7 @@ class Runtime:
         settings: PollSettings | None = None,
         status_socket: str | Path | None = DEFAULT_SOCKET,
         reopen_max: float = 5.0,
+        calendar: bool = False,
     ) -> None:
         self.config = config
         self.clock: Clock = clock or SystemClock(config.timezone)
@@ -62,6 +65,8 @@ class Runtime:
         self.store_path = Path(store_path or config.store.path)
         self.status_socket = Path(status_socket) if status_socket else None
         self.reopen_max = reopen_max
+        self.calendar_enabled = calendar
+        self.calendar: Calendar | None = None
         self.store: Store | None = None
         self.writer: StoreWriter | None = None
         self.buses: dict[str, Bus] = {}
@@ -112,6 +117,8 @@ class Runtime:
                     self._bus_of[m.id] = bus_config.name
             for bus in self.buses.values():
                 bus.start()
+            if self.calendar_enabled:
+                self.calendar = attach(self)
             if self.status_socket is not None:
                 self._server = StatusServer(self.status_socket, self.status)
                 self._server.start()
@@ -133,6 +140,9 @@ class Runtime:
         if self._server is not None:
             self._server.stop()
             self._server = None
+        if self.calendar is not None:
+            self.calendar.stop()  # its tick thread uses the buses
+            self.calendar = None
         for bus in self.buses.values():
             bus.stop()
         store = self.store

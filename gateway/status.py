@@ -157,8 +157,21 @@ def format_status(status: Mapping[str, Any]) -> str:
             f"store {store.get('path')}: {store.get('records_written')} records written,"
             f" {store.get('queue_depth')} queued" + (" FAILING" if store.get("failing") else "")
         )
+    tasks = status.get("tasks")
+    if isinstance(tasks, Mapping):
+        today = tasks.get("today")
+        if isinstance(today, Mapping):
+            parts = [
+                f"{kind} {entry.get('ok', 0) + entry.get('estimated', 0)}/{entry.get('expected')}"
+                for kind, entry in today.items()
+                if isinstance(entry, Mapping)
+            ]
+            lines.append(f"tasks {today.get('day')}: " + ", ".join(parts))
+        else:
+            lines.append("tasks: suspended until the time is trusted")
     for key, value in status.items():
         if key not in {
+            "tasks",
             "gateway_id",
             "version",
             "now",

@@ -83,7 +83,9 @@ def test_compiled_is_active_by_default() -> None:
 
 
 def test_environment_forces_twin() -> None:
-    code = "from gateway import fastpath; print(fastpath.IMPLEMENTATION, fastpath.UNAVAILABLE_REASON)"
+    code = (
+        "from gateway import fastpath; print(fastpath.IMPLEMENTATION, fastpath.UNAVAILABLE_REASON)"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code],
         env={"GATEWAY_FASTPATH": "pure", "PATH": ""},

@@ -100,6 +100,12 @@ def test_run_and_status_against_a_simulator_process(tmp_path: Path) -> None:
         assert human.returncode == 0
         assert "bus m modbus 38400 8E1 up:" in human.stdout
         assert "flagged d2: no-answer (2 polls)" in human.stdout
+        # gateway run attaches the collection tasks; the host clock is not trusted here
+        # unless NTP synchronized it, and the status says which
+        assert "tasks" in answer
+        assert ("tasks: suspended until the time is trusted" in human.stdout) != bool(
+            answer["time_trusted"]
+        )
         run.send_signal(signal.SIGTERM)
         _, err = run.communicate(timeout=10)
         assert run.returncode == 0, err

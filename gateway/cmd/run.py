@@ -76,7 +76,11 @@ def run(args: argparse.Namespace) -> int:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         runtime = Runtime(
-            config, store_path=args.store, settings=settings, status_socket=args.socket
+            config,
+            store_path=args.store,
+            settings=settings,
+            status_socket=args.socket,
+            calendar=True,
         )
         runtime.start()
         try:

@@ -96,6 +96,8 @@ class HealthKind(IntEnum):
     """Store size, free space, unacknowledged backlog."""
     UPLINK = 5
     """MQTT connection state and counters."""
+    BUS = 6
+    """A serial bus's port lost or restored (values: bus, event, error)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -126,6 +126,8 @@ class EventCode(IntEnum):
     """A meter's clock is off; detail: offset_s."""
     CLOCK_CORRECTED = 8
     """A meter's clock was set; detail: method (broadcast | write), offset_s."""
+    READINGS_DROPPED = 9
+    """Unacknowledged readings of this meter were dropped for space; detail: count, range."""
 
 
 __all__ += ["EventCode"]

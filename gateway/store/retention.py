@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from sqlite_utils import Database
 
 from gateway.protocols.batch import MeterEvent
+from gateway.protocols.quantities import EventCode
 from gateway.store.db import used_bytes
 from gateway.store.journal import INSERT_SQL, Kind, encode
 
 __all__ = ["EVENT_READINGS_DROPPED", "DroppedRange", "RetentionResult", "enforce"]
 
-EVENT_READINGS_DROPPED = 900
+EVENT_READINGS_DROPPED = EventCode.READINGS_DROPPED
 """Event code: unacknowledged readings of this meter were deleted for space.
 
 Detail: ``count``, ``first_id``, ``last_id`` (positions), ``first_ts_ms``, ``last_ts_ms``.
