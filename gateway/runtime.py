@@ -212,3 +212,12 @@ class Runtime:
             except Exception as exc:  # a broken section must not break the status
                 out[name] = {"error": str(exc)}
         return out
+
+    def healthy(self) -> bool:
+        """Whether every bus thread and the store writer is alive (feeds the watchdog)."""
+        store = self.store
+        if not self.started or store is None or not store.writer.stats().alive:
+            return False
+        return all(
+            bus._thread is not None and bus._thread.is_alive() for bus in self.buses.values()
+        )

@@ -5,18 +5,31 @@
     gateway run --config FILE [--store PATH] [--socket PATH] [--interval SECONDS]
 
 SIGTERM or SIGINT stops it cleanly: the buses finish the job in hand, the store
-commits what is queued and records the stop.  One log line per event on stderr.
+commits what is queued and records the stop.  One log line per event on stderr (under
+journald without the timestamp, which the journal adds).
+
+Under systemd (``Type=notify``) it says READY=1 once started and STOPPING=1 when told
+to stop; with ``WatchdogSec=`` the main loop sends WATCHDOG=1 every half period, but only
+while :meth:`~gateway.runtime.Runtime.healthy` says every bus thread and the store
+writer are alive: a dead thread stops the pings and systemd restarts the gateway.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import threading
+import time
 from types import FrameType
+from typing import TYPE_CHECKING
 
-__all__ = ["configure", "run"]
+if TYPE_CHECKING:
+    from gateway.runtime import Runtime
+    from gateway.sdnotify import Notifier
+
+__all__ = ["configure", "run", "supervise"]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -57,11 +70,14 @@ def run(args: argparse.Namespace) -> int:
     from gateway.config import load_config
     from gateway.poller import PollSettings
     from gateway.runtime import Runtime
+    from gateway.sdnotify import Notifier
 
+    journald = bool(os.environ.get("JOURNAL_STREAM"))
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=("" if journald else "%(asctime)s ") + "%(levelname)s %(name)s: %(message)s",
     )
+    notifier = Notifier.from_environ()
     config = load_config(args.config)
     settings = PollSettings(
         interval=args.interval, fail_after=args.fail_after, backoff_base=args.backoff
@@ -84,11 +100,45 @@ def run(args: argparse.Namespace) -> int:
         )
         runtime.start()
         try:
-            while not stop.wait(1.0):
-                pass
+            notifier.ready(f"polling {len(runtime.buses)} buses, {len(config.meters)} meters")
+            supervise(runtime, notifier, stop)
+            notifier.stopping(f"stopping ({reason[0]})")
         finally:
             runtime.stop(reason[0])
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        notifier.close()
     return 0
+
+
+def supervise(runtime: Runtime, notifier: Notifier, stop: threading.Event) -> None:
+    """The main loop until ``stop`` is set: feed the watchdog while the runtime is healthy.
+
+    Pings every :meth:`~gateway.sdnotify.Notifier.watchdog_period` (half the watchdog
+    timeout); logs one line when the runtime turns unhealthy (and when it recovers).
+    """
+    log = logging.getLogger("gateway")
+    period = notifier.watchdog_period()
+    tick = 1.0 if period is None else min(1.0, period)
+    next_ping = 0.0
+    was_healthy = True
+    while True:
+        healthy = runtime.healthy()
+        if healthy != was_healthy:
+            was_healthy = healthy
+            if healthy:
+                log.info("healthy again: watchdog pings resume")
+                notifier.status("running")
+            else:
+                log.error(
+                    "unhealthy: a bus thread or the store writer stopped; watchdog pings stop"
+                    + (" (systemd will restart the gateway)" if period is not None else "")
+                )
+                notifier.status("unhealthy: a bus thread or the store writer stopped")
+        now = time.monotonic()
+        if healthy and period is not None and now >= next_ping:
+            notifier.watchdog()
+            next_ping = now + period
+        if stop.wait(tick):
+            return
