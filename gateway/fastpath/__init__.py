@@ -6,6 +6,7 @@ and ``UNAVAILABLE_REASON`` why the compiled one is not (``gateway doctor`` print
 
 from __future__ import annotations
 
+import importlib
 import os
 from types import ModuleType
 
@@ -28,7 +29,7 @@ def load(kind: str | None = None) -> tuple[ModuleType, str, str | None]:
     if kind == "pure":
         return _engine_py, "pure", "forced by GATEWAY_FASTPATH=pure"
     try:
-        from gateway.fastpath import _engine  # type: ignore[attr-defined]
+        _engine = importlib.import_module("gateway.fastpath._engine")
     except ImportError as exc:
         if kind == "compiled":
             raise
