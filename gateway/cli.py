@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("gateway.cmd.doctor", "show the installation: fast path, versions"),
     "run": ("gateway.cmd.run", "run the gateway: poll every bus, journal, answer status"),
     "status": ("gateway.cmd.status", "ask a running gateway for its buses and meters"),
+    "master": ("gateway.cmd.master", "run the master station's ingest; show what it stored"),
 }
 
 
