@@ -55,7 +55,7 @@ def integrity(path: Path) -> str:
 def test_a_new_store_gets_an_epoch_and_a_start_record(tmp_path: Path) -> None:
     with Store.open(tmp_path / "sub" / "s.db", gateway_id="gw", now_ms=lambda: T0) as store:
         assert store.report.created
-        assert store.report.applied_migrations == (1,)
+        assert store.report.applied_migrations == (1, 2)
         assert not store.report.unclean_stop
         assert store.report.moved_aside is None
         assert health(store) == [HealthRecord(T0, HealthKind.POWER, {"event": "start"})]
@@ -198,24 +198,27 @@ def test_migrations_run_once_and_are_recorded(tmp_path: Path) -> None:
     for version, name, function in JOURNAL.steps():
         migrations.register(version, name, function)
 
-    @migrations(2, "counted")
+    new = JOURNAL.latest + 1
+
+    @migrations(new, "counted")
     def _counted(db: Database) -> None:
-        runs.append(2)
+        runs.append(new)
         db.execute("CREATE TABLE extra (x)")
 
     clock = iter(range(100, 200))
-    for expected in ((1, 2), ()):
+    everything = tuple(range(1, new + 1))
+    for expected in (everything, ()):
         opened = open_database(path, now_ms=lambda: next(clock), migrations=migrations)
         try:
             assert opened.applied_migrations == expected
             rows = opened.db.execute("SELECT version, name FROM schema_version").fetchall()
-            assert rows == [(1, "journal tables"), (2, "counted")]
-            assert migrations.applied(opened.db) == {1: 100, 2: 100}
+            assert rows == [*((v, n) for v, n, _ in JOURNAL.steps()), (new, "counted")]
+            assert migrations.applied(opened.db) == dict.fromkeys(everything, 100)
         finally:
             opened.db.close()
-    assert runs == [2]
+    assert runs == [new]
     # the plain journal sees a store newer than it knows
-    with pytest.raises(StoreError, match="schema version 2 is newer"):
+    with pytest.raises(StoreError, match=f"schema version {new} is newer"):
         open_database(path, now_ms=lambda: 0)
 
 

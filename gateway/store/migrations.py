@@ -115,3 +115,20 @@ def _journal_tables(db: Database) -> None:
         "CREATE TABLE acked (kind TEXT PRIMARY KEY, up_to INTEGER NOT NULL)",
     ):
         db.execute(statement)
+
+
+@JOURNAL(2, "outbox")
+def _outbox(db: Database) -> None:
+    # One row per batch of the current epoch (seq from 1, never reused: the last seq
+    # is kept in meta as ``outbox_seq``).  For each kind the batch holds the journal
+    # positions p with <kind>_from < p <= <kind>_to (empty when equal).  The encoded
+    # payload is kept, so a re-send is byte-identical whatever the journal does later.
+    db.execute(
+        "CREATE TABLE outbox (seq INTEGER PRIMARY KEY, created_ms INTEGER NOT NULL,"
+        " readings_from INTEGER NOT NULL, readings_to INTEGER NOT NULL,"
+        " events_from INTEGER NOT NULL, events_to INTEGER NOT NULL,"
+        " tasks_from INTEGER NOT NULL, tasks_to INTEGER NOT NULL,"
+        " health_from INTEGER NOT NULL, health_to INTEGER NOT NULL,"
+        " records INTEGER NOT NULL, payload BLOB NOT NULL,"
+        " sent_count INTEGER NOT NULL DEFAULT 0, acked INTEGER NOT NULL DEFAULT 0)"
+    )
