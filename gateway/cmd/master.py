@@ -28,8 +28,6 @@ import time
 from datetime import UTC, datetime
 from types import FrameType
 
-from gateway.errors import ConfigError
-
 __all__ = ["configure", "run"]
 
 STALL_ENV = "GATEWAY_MASTER_STALL_AFTER_COMMIT"
@@ -39,7 +37,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = sub.add_parser("run", help="ingest the gateways' batches into the store")
     p.add_argument("--db", required=True, metavar="PATH", help="the master's SQLite store")
-    p.add_argument("--broker", required=True, metavar="HOST:PORT", help="MQTT broker")
+    p.add_argument("--broker", required=True, type=_broker, metavar="HOST:PORT", help="MQTT broker")
     p.add_argument("--prefix", default="gw", help="topic prefix (gw)")
     p.add_argument(
         "--share", metavar="GROUP", help="take batches through the shared subscription GROUP"
@@ -63,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 def _broker(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"--broker {text!r}: expected HOST:PORT")
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT")
     return host, int(port)
 
 
@@ -74,7 +72,7 @@ def _run(args: argparse.Namespace) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    host, port = _broker(args.broker)
+    host, port = args.broker
     stall = float(os.environ.get(STALL_ENV, "0") or 0)
     master = Master(
         args.db,
