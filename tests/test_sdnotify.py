@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -310,6 +311,7 @@ def test_gateway_run_notifies_and_feeds_the_watchdog_until_a_bus_dies(
             NOTIFY_SOCKET=fake_systemd.address,
             WATCHDOG_USEC=str(WATCHDOG_USEC),
             KILL_BUS_D=str(trigger),
+            JOURNAL_STREAM="8:12345",  # as systemd sets it: stderr goes to the journal
         )
         env.pop("WATCHDOG_PID", None)
         started = time.monotonic()
@@ -369,6 +371,12 @@ def test_gateway_run_notifies_and_feeds_the_watchdog_until_a_bus_dies(
             " (systemd will restart the gateway)" in err
         )
         assert "stopped (SIGTERM)" in err
+        # one line per event, no timestamp of its own under journald
+        lines = err.splitlines()
+        assert all(re.match(r"(DEBUG|INFO|WARNING|ERROR|CRITICAL) gateway", x) for x in lines), err
+        (crash,) = [x for x in lines if "bus d stopped by an error" in x]
+        assert " | Traceback (most recent call last): | " in crash
+        assert crash.endswith("RuntimeError: injected: bus d dies")
     finally:
         if run is not None and run.returncode is None:
             run.kill()

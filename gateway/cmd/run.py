@@ -5,8 +5,8 @@
     gateway run --config FILE [--store PATH] [--socket PATH] [--interval SECONDS]
 
 SIGTERM or SIGINT stops it cleanly: the buses finish the job in hand, the store
-commits what is queued and records the stop.  One log line per event on stderr (under
-journald without the timestamp, which the journal adds).
+commits what is queued and records the stop.  One log line per event on stderr, a
+traceback included (under journald without the timestamp, which the journal adds).
 
 Under systemd (``Type=notify``) it says READY=1 once started and STOPPING=1 when told
 to stop; with ``WatchdogSec=`` the main loop sends WATCHDOG=1 every half period, but only
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from gateway.runtime import Runtime
     from gateway.sdnotify import Notifier
 
-__all__ = ["configure", "run", "supervise"]
+__all__ = ["OneLineFormatter", "configure", "run", "supervise"]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -73,10 +73,13 @@ def run(args: argparse.Namespace) -> int:
     from gateway.sdnotify import Notifier
 
     journald = bool(os.environ.get("JOURNAL_STREAM"))
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format=("" if journald else "%(asctime)s ") + "%(levelname)s %(name)s: %(message)s",
+    stream = logging.StreamHandler()
+    stream.setFormatter(
+        OneLineFormatter(
+            ("" if journald else "%(asctime)s ") + "%(levelname)s %(name)s: %(message)s"
+        )
     )
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[stream])
     notifier = Notifier.from_environ()
     config = load_config(args.config)
     settings = PollSettings(
@@ -89,7 +92,19 @@ def run(args: argparse.Namespace) -> int:
         reason[0] = signal.Signals(signum).name
         stop.set()
 
+    def on_thread_death(death: threading.ExceptHookArgs) -> None:
+        # instead of Python's multi-line print to stderr: one log line
+        if issubclass(death.exc_type, SystemExit):
+            return
+        logging.getLogger("gateway").error(
+            "thread %s ended by an uncaught %s",
+            death.thread.name if death.thread is not None else "?",
+            death.exc_type.__name__,
+            exc_info=death.exc_value if death.exc_value is not None else False,
+        )
+
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous_hook, threading.excepthook = threading.excepthook, on_thread_death
     try:
         runtime = Runtime(
             config,
@@ -108,8 +123,16 @@ def run(args: argparse.Namespace) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        threading.excepthook = previous_hook
         notifier.close()
     return 0
+
+
+class OneLineFormatter(logging.Formatter):
+    """One line per event, a traceback included (its lines joined by `` | ``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return " | ".join(line for line in super().format(record).splitlines() if line.strip())
 
 
 def supervise(runtime: Runtime, notifier: Notifier, stop: threading.Event) -> None:
