@@ -69,6 +69,9 @@ class Mosquitto:
         if self.running:
             return
         with socket.socket() as probe:
+            # as Mosquitto does: connections the stopped broker closed (TIME_WAIT) must
+            # not keep a restart off its port
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind((self.host, self.port))
             except OSError as exc:
