@@ -13,7 +13,9 @@ bus's port lost and back are health records of kind :data:`BUS_HEALTH_KIND`.  Ot
 services (collection tasks, time sync) use :meth:`Runtime.bus_for`, :attr:`clock`,
 :attr:`config` and :attr:`writer`, and may add a section to the status with
 :meth:`Runtime.add_status`; ``calendar=True`` attaches them
-(:func:`gateway.tasks.attach.attach`), as ``gateway run`` does.
+(:func:`gateway.tasks.attach.attach`), as ``gateway run`` does.  ``uplink=True``
+starts the :class:`~gateway.uplink.Uplink` (the journal's batches to the configured
+broker; status section ``uplink``), as ``gateway run`` does unless ``--no-uplink``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from gateway.status import DEFAULT_SOCKET, StatusServer
 from gateway.store.store import Store
 from gateway.store.writer import StoreWriter
 from gateway.tasks.attach import Calendar, attach
+from gateway.uplink import Uplink, UplinkSettings
 
 __all__ = ["BUS_HEALTH_KIND", "Runtime"]
 
@@ -58,7 +61,9 @@ class Runtime:
         status_socket: str | Path | None = DEFAULT_SOCKET,
         reopen_max: float = 5.0,
         calendar: bool = False,
+        uplink: bool | UplinkSettings = False,
     ) -> None:
+        """``uplink``: publish the journal to the configured broker (True, or settings)."""
         self.config = config
         self.clock: Clock = clock or SystemClock(config.timezone)
         self.settings = settings or PollSettings()
@@ -67,6 +72,10 @@ class Runtime:
         self.reopen_max = reopen_max
         self.calendar_enabled = calendar
         self.calendar: Calendar | None = None
+        self.uplink_settings = (
+            uplink if isinstance(uplink, UplinkSettings) else UplinkSettings() if uplink else None
+        )
+        self.uplink: Uplink | None = None
         self.store: Store | None = None
         self.writer: StoreWriter | None = None
         self.buses: dict[str, Bus] = {}
@@ -119,6 +128,9 @@ class Runtime:
                 bus.start()
             if self.calendar_enabled:
                 self.calendar = attach(self)
+            if self.uplink_settings is not None:
+                self.uplink = Uplink(store, self.config.uplink, self.uplink_settings).start()
+                self.add_status("uplink", self.uplink.status)
             if self.status_socket is not None:
                 self._server = StatusServer(self.status_socket, self.status)
                 self._server.start()
@@ -145,6 +157,9 @@ class Runtime:
             self.calendar = None
         for bus in self.buses.values():
             bus.stop()
+        if self.uplink is not None:
+            self.uplink.stop()  # it uses the store's writer
+            self.uplink = None
         store = self.store
         if store is not None:
             store.close(reason=reason)

@@ -2,10 +2,11 @@
 
 ::
 
-    gateway run --config FILE [--store PATH] [--socket PATH] [--interval SECONDS]
+    gateway run --config FILE [--store PATH] [--socket PATH] [--interval SECONDS] [--no-uplink]
 
 SIGTERM or SIGINT stops it cleanly: the buses finish the job in hand, the store
-commits what is queued and records the stop.  One log line per event on stderr, a
+commits what is queued and records the stop.  The journal goes to the configured MQTT
+broker (:mod:`gateway.uplink`) unless ``--no-uplink``.  One log line per event on stderr, a
 traceback included (under journald without the timestamp, which the journal adds).
 
 Under systemd (``Type=notify``) it says READY=1 once started and STOPPING=1 when told
@@ -63,6 +64,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help=f"first re-probe delay of a flagged meter, doubling ({d.backoff_base:g})",
     )
+    parser.add_argument(
+        "--no-uplink",
+        action="store_true",
+        help="do not publish to the configured MQTT broker (the journal keeps everything)",
+    )
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
 
 
@@ -112,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
             settings=settings,
             status_socket=args.socket,
             calendar=True,
+            uplink=not args.no_uplink,
         )
         runtime.start()
         try:
