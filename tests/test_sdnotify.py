@@ -265,7 +265,7 @@ serial_buses:
 meters:
   - {{id: d1, bus: d, address: "000000000001"}}
   - {{id: m1, bus: m, unit_id: 1, profile: sdm120}}
-uplink: {{host: localhost}}
+uplink: {{host: 127.0.0.1, port: {port}}}
 """
 # ``gateway run`` itself, with one fault injected: once the file named by
 # $KILL_BUS_D exists, bus d's scheduler raises and its thread dies.
@@ -293,7 +293,11 @@ def test_gateway_run_notifies_and_feeds_the_watchdog_until_a_bus_dies(
     tmp_path: Path, fake_systemd: FakeSystemd
 ) -> None:
     (tmp_path / "sim.yaml").write_text(SIM.format(dir=tmp_path))
-    (tmp_path / "gw.yaml").write_text(GATEWAY.format(dir=tmp_path))
+    # the uplink's broker is unreachable all along: that must not stop the watchdog
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    (tmp_path / "gw.yaml").write_text(GATEWAY.format(dir=tmp_path, port=closed_port))
     trigger = tmp_path / "kill-bus-d"
     sim = subprocess.Popen(
         [sys.executable, "-m", "gateway", "sim", "--config", str(tmp_path / "sim.yaml")],
@@ -371,6 +375,7 @@ def test_gateway_run_notifies_and_feeds_the_watchdog_until_a_bus_dies(
             " (systemd will restart the gateway)" in err
         )
         assert "stopped (SIGTERM)" in err
+        assert "uplink: " in err and "(retrying)" in err  # it ran, without a broker
         # one line per event, no timestamp of its own under journald
         lines = err.splitlines()
         assert all(re.match(r"(DEBUG|INFO|WARNING|ERROR|CRITICAL) gateway", x) for x in lines), err
