@@ -201,3 +201,23 @@ def test_unreachable_broker_is_an_uplink_error(tmp_path: Path) -> None:
 
     with pytest.raises(UplinkError, match="no subscription"):
         Master(tmp_path / "m.db", "127.0.0.1", free_port()).start(timeout=1.0)
+
+
+def test_a_store_failure_stops_acknowledging(
+    broker: Mosquitto, gateway: FakeGateway, tmp_path: Path
+) -> None:
+    from gateway.errors import StoreError
+
+    def disk_full() -> None:
+        raise StoreError("database or disk is full")
+
+    with Master(tmp_path / "m.db", broker.host, broker.port, after_commit=disk_full) as master:
+        gateway.send(1)
+        deadline = time.monotonic() + 10
+        while master.alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not master.alive()
+        assert isinstance(master.failure, StoreError)
+        gateway.send(2)
+        with pytest.raises(queue.Empty):
+            gateway.ack(timeout=0.5)  # nothing acknowledged: the gateway keeps both batches
