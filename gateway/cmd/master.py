@@ -66,12 +66,17 @@ def _broker(text: str) -> tuple[str, int]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from gateway.cmd.run import OneLineFormatter
     from gateway.master.ingest import Master
 
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    journald = bool(os.environ.get("JOURNAL_STREAM"))  # journald stamps the lines itself
+    stream = logging.StreamHandler()
+    stream.setFormatter(
+        OneLineFormatter(
+            ("" if journald else "%(asctime)s ") + "%(levelname)s %(name)s: %(message)s"
+        )
     )
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[stream])
     host, port = args.broker
     stall = float(os.environ.get(STALL_ENV, "0") or 0)
     master = Master(
