@@ -140,30 +140,38 @@ def test_every_reading_once_through_a_60_s_broker_outage(broker: Mosquitto, tmp_
     assert integrity(store) == "ok" and integrity(master_db) == "ok"
 
 
+def one_epoch(
+    tmp: Path,
+    sim: Simulator,
+    broker: Mosquitto,
+    master_db: Path,
+    before: Counter[tuple[object, ...]],
+) -> tuple[int, Counter[tuple[object, ...]]]:
+    """Run a gateway on a new store until the master has all it polled: (epoch, journal)."""
+    store = tmp / "gw.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{store}{suffix}").unlink(missing_ok=True)
+    with gateway(tmp, sim, broker, store) as rt:
+        assert rt.store is not None
+        had = sum(before.values())
+        wait_for(lambda: sum(stored(master_db).values()) > had + 20, 20, "new data")
+        for bus in rt.buses.values():
+            bus.stop()
+        assert rt.store.flush(10)
+        mine = journal(store)
+        wait_for(lambda: stored(master_db) == before + mine, 20, "this epoch stored")
+        return rt.store.meta.epoch, mine
+
+
 def test_a_recreated_store_is_a_new_epoch_and_its_data_is_stored(
     broker: Mosquitto, tmp_path: Path
 ) -> None:
-    store, master_db = tmp_path / "gw.db", tmp_path / "master.db"
+    master_db = tmp_path / "master.db"
     with bench(tmp_path) as sim, Master(master_db, broker.host, broker.port):
-        epochs = []
-        kept: Counter[tuple[object, ...]] = Counter()
-        for _ in range(2):
-            with gateway(tmp_path, sim, broker, store) as rt:
-                assert rt.store is not None
-                epochs.append(rt.store.meta.epoch)
-                wait_for(
-                    lambda: sum(stored(master_db).values()) > sum(kept.values()) + 20, 20, "data"
-                )
-                for bus in rt.buses.values():
-                    bus.stop()
-                assert rt.store.flush(10)
-                mine = journal(store)
-                wait_for(lambda: stored(master_db) == kept + mine, 20, "this epoch stored")
-            kept += mine
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{store}{suffix}").unlink(missing_ok=True)
-    assert epochs[0] != epochs[1]
+        first, kept = one_epoch(tmp_path, sim, broker, master_db, Counter())
+        second, more = one_epoch(tmp_path, sim, broker, master_db, kept)
+    assert first != second
     with MasterStore.open(master_db, now_ms=lambda: 0, readonly=True) as central:
         (summary,) = central.summary()
         assert summary.epochs == 2
-        assert summary.readings == sum(kept.values())
+        assert summary.readings == sum((kept + more).values())
