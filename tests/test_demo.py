@@ -1,4 +1,5 @@
-"""The README's first command runs ``gateway demo``: it must work end to end."""
+"""The README's first command runs ``gateway demo``: it must work end to end, from the
+simulated meters through the gateway, its uplink and Mosquitto to the master's store."""
 
 from __future__ import annotations
 
@@ -36,7 +37,10 @@ def test_demo_polls_the_simulator_and_delivers_the_journal(tmp_path: Path) -> No
     assert stored > 0
     with JournalReader(tmp_path / "gateway.db") as reader:
         assert reader.count(Kind.READINGS) == stored
-    assert f"{stored} readings, each batch decoded alone, all equal to the journal" in out
+    # the live view shows the uplink and the master while polling
+    assert "uplink   broker 127.0.0.1:" in out and " connected  outbox " in out
+    assert re.search(r"master +\d+ readings stored in \d+ batches", out)
+    assert f"master: {stored} readings stored, each once, all equal to the journal" in out
 
 
 def test_demo_uses_a_given_broker(broker: Mosquitto, tmp_path: Path) -> None:

@@ -1,47 +1,43 @@
-"""``gateway demo``: the gateway at work on the embedded defaults.
+"""``gateway demo``: the whole system at work on the embedded defaults.
 
 1. starts the simulated bench of the packaged example (``gateway/sim/examples/sim.yaml``:
    a DL/T 645 line at 2400 8E1 and a Modbus line at 9600 8N1, two transformer
-   areas) on pseudo-terminals;
-2. runs the gateway core of the packaged example configuration against it (bus
-   threads polling at the line's limit, collection tasks, the SQLite journal) and
-   shows one line per bus every two seconds: transactions, bus efficiency against
-   the line's limit, readings, flagged meters;
-3. then forwards the journal as it would go to the master: CBOR batches (schema v1)
-   published at QoS 1 through a real Mosquitto (started here unless ``--broker``
-   names one) to a master subscriber that decodes each batch alone and checks that
-   every journaled reading arrived exactly once and unchanged.
-
-The uplink service and the master's store come with Step 5; step 3 here is their
-wire format and broker path, run by the demo itself.
+   areas) on pseudo-terminals, and a private Mosquitto unless ``--broker`` names one;
+2. starts the master station's ingest (:class:`gateway.master.ingest.Master`, its
+   store in the work directory) and the gateway of the packaged example
+   configuration (bus threads polling at the line's limit, collection tasks, the
+   SQLite journal, the uplink publishing CBOR batches at QoS 1);
+3. shows a live view every two seconds: per bus transactions, efficiency against the
+   line's limit, readings and flagged meters; the uplink's broker state and outbox
+   depth; the readings stored at the master;
+4. at the end (``--seconds``, or Ctrl-C) stops polling, waits until the master has
+   acknowledged the journal, and checks that every journaled reading is in the
+   master's store exactly once and unchanged.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import queue
+import socket
 import tempfile
-import threading
 import time
+from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
-
-from gateway.config import GatewayConfig, example_config_path, load_config
+from gateway.config import GatewayConfig, Uplink, example_config_path, load_config
 from gateway.errors import UplinkError
+from gateway.master.ingest import Master
+from gateway.master.store import MasterStore
 from gateway.mosquitto import Mosquitto
 from gateway.poller import PollSettings
-from gateway.protocols.batch import Batch, decode_batch, encode_batch
 from gateway.protocols.quantities import Reading
-from gateway.protocols.topics import batch_topic, master_subscription
 from gateway.runtime import Runtime
 from gateway.sim.config import example_sim_config_path, load_sim_config
 from gateway.sim.service import Simulator
 from gateway.store import JournalReader
-
-BATCH_SIZE = 200
+from gateway.uplink import UplinkSettings
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -49,7 +45,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--seconds",
         type=float,
         default=20.0,
-        help="how long the gateway polls before forwarding (default 20; 0 = until Ctrl-C)",
+        help="how long the gateway polls (default 20; 0 = until Ctrl-C)",
     )
     parser.add_argument(
         "--broker",
@@ -63,65 +59,109 @@ def run(args: argparse.Namespace) -> int:
     with ExitStack() as stack:
         work = Path(args.workdir or stack.enter_context(tempfile.TemporaryDirectory()))
         work.mkdir(parents=True, exist_ok=True)
+        host, port = _broker(args.broker, stack)
         sim_config = load_sim_config(example_sim_config_path(), link_dir=str(work / "links"))
         sim = stack.enter_context(Simulator(sim_config, state_path=work / "sim-state.json"))
-        config = _on_simulator(load_config(example_config_path()), sim, work)
+        config = _on_simulator(load_config(example_config_path()), sim, work, host, port)
         _say(
             f"simulator: {len(sim_config.buses)} buses, {len(sim_config.meters)} meters on "
             + ", ".join(f"{b.name} -> {sim.bus(b.name).path}" for b in sim_config.buses)
         )
+        master_db = work / "master.db"
+        master = Master(master_db, host, port, prefix=config.uplink.prefix)
+        master.start()
+        stack.callback(master.stop)
+        _say(f"master: subscribed on {host}:{port}; store {master_db}")
         # interval 0: every bus polls continuously, at the line's limit
         runtime = Runtime(
             config,
             status_socket=work / "status.sock",
             settings=PollSettings(interval=0),
             calendar=True,
+            uplink=UplinkSettings(),
         )
         runtime.clock.trust("demo: host clock")
         with runtime:
             _say(f"gateway {config.gateway_id}: polling; store {runtime.store_path}")
-            _watch(runtime, args.seconds)
-        readings = _journal(runtime.store_path)
-        _say(f"journal: {len(readings)} readings")
-        return _forward(config, readings, args.broker, stack)
+            _watch(runtime, master, args.seconds)
+            return _settle(runtime, master, master_db)
 
 
 def _say(line: str) -> None:
     print(line, flush=True)
 
 
-def _on_simulator(config: GatewayConfig, sim: Simulator, work: Path) -> GatewayConfig:
-    """The example configuration with its ports on the simulator's links."""
+def _broker(given: str | None, stack: ExitStack) -> tuple[str, int]:
+    """The broker to use: ``HOST:PORT`` if given (it must answer), else a private one."""
+    if not given:
+        mosquitto = stack.enter_context(Mosquitto())
+        _say(f"started a private Mosquitto on {mosquitto.host}:{mosquitto.port}")
+        return mosquitto.host, mosquitto.port
+    host, _, port_text = given.rpartition(":")
+    try:
+        port = int(port_text)
+        socket.create_connection((host or "localhost", port), timeout=5).close()
+    except (OSError, ValueError) as exc:
+        raise UplinkError(f"cannot connect to the broker at {given}: {exc}") from exc
+    return host or "localhost", port
+
+
+def _on_simulator(
+    config: GatewayConfig, sim: Simulator, work: Path, host: str, port: int
+) -> GatewayConfig:
+    """The example configuration with its ports on the simulator's links and its uplink
+    on the demo's broker."""
     buses = tuple(
         dataclasses.replace(bus, port=str(sim.bus(bus.name).path)) for bus in config.serial_buses
     )
     store = dataclasses.replace(config.store, path=str(work / "gateway.db"))
-    return dataclasses.replace(config, serial_buses=buses, store=store)
+    uplink = Uplink(
+        host=host, port=port, prefix=config.uplink.prefix, client_id=config.uplink.client_id
+    )
+    return dataclasses.replace(config, serial_buses=buses, store=store, uplink=uplink)
 
 
-def _watch(runtime: Runtime, seconds: float) -> None:
+def _watch(runtime: Runtime, master: Master, seconds: float) -> None:
     deadline = time.monotonic() + seconds if seconds > 0 else float("inf")
     try:
         while time.monotonic() < deadline:
             time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
-            status = runtime.status()
-            tasks = status.get("tasks") or {}
-            for bus in status["buses"]:  # type: ignore[union-attr]
-                poll = bus["poll"]
-                flagged = ", ".join(f"{f['meter']} ({f['cause']})" for f in poll["flagged"])
-                _say(
-                    f"  {bus['name']:<8} {bus['line']:<10} {bus['transactions']:>5} transactions"
-                    f"  efficiency {bus['efficiency']:.3f}  {poll['readings']:>4} readings"
-                    f"  flagged: {flagged or 'none'}"
-                )
-            if isinstance(tasks, dict):
-                jobs, failed = tasks.get("jobs", 0), tasks.get("failed_jobs", 0)
-                _say(
-                    f"  tasks    {jobs} freeze/back-fill reads ({failed} without a freeze),"
-                    f" {tasks.get('curve_points', 0)} curve points"
-                )
+            _view(runtime, master)
     except KeyboardInterrupt:
         _say("  (stopping)")
+
+
+def _view(runtime: Runtime, master: Master) -> None:
+    status = runtime.status()
+    tasks = status.get("tasks") or {}
+    buses = status["buses"]
+    assert isinstance(buses, list)
+    for bus in buses:
+        poll = bus["poll"]
+        flagged = ", ".join(f"{f['meter']} ({f['cause']})" for f in poll["flagged"])
+        _say(
+            f"  {bus['name']:<8} {bus['line']:<10} {bus['transactions']:>5} transactions"
+            f"  efficiency {bus['efficiency']:.3f}  {poll['readings']:>4} readings"
+            f"  flagged: {flagged or 'none'}"
+        )
+    if isinstance(tasks, dict):
+        jobs, failed = tasks.get("jobs", 0), tasks.get("failed_jobs", 0)
+        _say(
+            f"  tasks    {jobs} freeze/back-fill reads ({failed} without a freeze),"
+            f" {tasks.get('curve_points', 0)} curve points"
+        )
+    up = status.get("uplink")
+    if isinstance(up, dict):
+        _say(
+            f"  uplink   broker {up['broker']} {'connected' if up['connected'] else 'DOWN'}"
+            f"  outbox {up['outbox_batches']} batches + {up['unbatched_readings']} readings"
+            f" waiting  acked seq {up['acked_seq']}  published {up['published']}"
+        )
+    stats = master.stats
+    _say(
+        f"  master   {stats.readings} readings stored in {stats.batches} batches"
+        f" ({stats.duplicates} duplicates ignored)"
+    )
 
 
 def _journal(path: Path) -> list[Reading]:
@@ -134,63 +174,33 @@ def _journal(path: Path) -> list[Reading]:
         return out
 
 
-def _forward(
-    config: GatewayConfig, readings: list[Reading], broker: str | None, stack: ExitStack
-) -> int:
+def _key(r: Reading) -> tuple[object, ...]:
+    return (r.meter, r.ts_ms, r.flags, tuple(sorted((int(q), v) for q, v in r.values.items())))
+
+
+def _settle(runtime: Runtime, master: Master, master_db: Path, timeout: float = 60.0) -> int:
+    """Stop polling, wait until the master has the journal; 0 if it has it exactly once."""
+    for bus in runtime.buses.values():
+        bus.stop()
+    if runtime.store is not None:
+        runtime.store.flush(10)
+    readings = _journal(runtime.store_path)
+    _say(f"journal: {len(readings)} readings")
     if not readings:
-        _say("no readings to forward")
         return 1
-    with JournalReader(config.store.path) as reader:
-        epoch = reader.meta().epoch
-    batches = [
-        Batch(config.gateway_id, epoch, seq, tuple(readings[i : i + BATCH_SIZE]))
-        for seq, i in enumerate(range(0, len(readings), BATCH_SIZE), start=1)
-    ]
-    payloads = [encode_batch(b) for b in batches]
-    size = sum(len(p) for p in payloads)
-    _say(f"CBOR: {len(batches)} batches, {size} bytes, {size / len(readings):.2f} bytes/reading")
-    prefix = config.uplink.prefix if config.uplink else "gw"
-    if broker:
-        host, _, port_text = broker.rpartition(":")
-        port = int(port_text)
-    else:
-        mosquitto = stack.enter_context(Mosquitto())
-        host, port = mosquitto.host, mosquitto.port
-        _say(f"started a private Mosquitto on {host}:{port}")
-    received: queue.Queue[bytes] = queue.Queue()
-    subscribed = threading.Event()
-    master = _client("demo-master", host, port, stack)
-    master.on_message = lambda _c, _u, msg: received.put(msg.payload)
-    master.on_subscribe = lambda *_a: subscribed.set()
-    master.subscribe(master_subscription(prefix), qos=1)
-    if not subscribed.wait(10):
-        raise UplinkError("the master's subscription was not acknowledged")
-    gateway = _client(f"gateway-{config.gateway_id}", host, port, stack)
-    topic = batch_topic(prefix, config.gateway_id)
-    for payload in payloads:
-        gateway.publish(topic, payload, qos=1).wait_for_publish(10)
-    got = []
-    for _ in payloads:
-        try:
-            got.append(decode_batch(received.get(timeout=10)))
-        except queue.Empty:
-            raise UplinkError(f"only {len(got)} of {len(payloads)} batches arrived") from None
-    ok = sorted(got, key=lambda b: b.seq) == batches
-    arrived = sum(len(b.readings) for b in got)
+    want = Counter(_key(r) for r in readings)
+    deadline = time.monotonic() + timeout
+    got: Counter[tuple[object, ...]] = Counter()
+    while time.monotonic() < deadline:
+        with MasterStore.open(master_db, now_ms=lambda: 0, readonly=True) as central:
+            got = Counter(_key(r) for r in central.readings(runtime.config.gateway_id))
+        if got == want:
+            break
+        time.sleep(0.5)
+    _view(runtime, master)
+    ok = got == want
     _say(
-        f"master received {len(got)} batches on {topic}: {arrived} readings, each batch "
-        "decoded alone, " + ("all equal to the journal" if ok else "MISMATCH with the journal")
+        f"master: {sum(got.values())} readings stored, "
+        + ("each once, all equal to the journal" if ok else "MISMATCH with the journal")
     )
     return 0 if ok else 1
-
-
-def _client(client_id: str, host: str, port: int, stack: ExitStack) -> mqtt.Client:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
-    try:
-        client.connect(host, port)
-    except OSError as exc:
-        raise UplinkError(f"cannot connect to the broker at {host}:{port}: {exc}") from exc
-    client.loop_start()
-    stack.callback(client.disconnect)
-    stack.callback(client.loop_stop)
-    return client
