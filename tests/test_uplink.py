@@ -215,3 +215,31 @@ def test_a_broker_that_is_back_is_published_to_within_two_seconds(
         assert first < 2.0, first
     finally:
         uplink.stop()
+
+
+def test_live_readings_overtake_a_backlog_drained_at_a_bounded_rate(
+    broker: Mosquitto, master: MiniMaster, store: Store
+) -> None:
+    store.submit_many(reading(i) for i in range(6000))  # an outage's backlog
+    store.flush(10)
+    settings = UplinkSettings(linger=0.2, drain_rate=5.0, live_threshold=400)  # 1000/s
+    uplink = Uplink(store, config(broker), settings).start()
+    try:
+        time.sleep(0.5)
+        live = Reading("live", T0 + 10**9, {Quantity.POWER: 1})
+        store.submit(live)
+        store.flush(10)
+        sent = time.monotonic()
+        wait_for(lambda: live in master.readings(), 5, "the live reading")
+        waited = time.monotonic() - sent
+        backlog_left = 6000 - (len(master.readings()) - 1)
+        assert backlog_left > 1000, backlog_left  # it did not wait for the backlog
+        assert waited < 1.5, waited
+        started = time.monotonic()
+        wait_for(lambda: acked(store) == 6001, 20, "the backlog drained")
+        rate = backlog_left / (time.monotonic() - started)
+        assert rate < 1000 * 1.3, rate  # the drain stays near its bound ...
+        # ... and delivers every reading once
+        assert master.readings() == [*(reading(i) for i in range(6000)), live]
+    finally:
+        uplink.stop()
