@@ -18,7 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gateway.config import Uplink as UplinkConfig
 from gateway.mosquitto import Mosquitto
 from gateway.protocols.batch import Ack, Batch, decode_batch, encode_ack
-from gateway.protocols.quantities import Quantity, Reading
+from gateway.protocols.quantities import EventCode, Quantity, Reading
 from gateway.protocols.topics import ack_topic, parse_topic
 from gateway.store import JournalReader, Kind, Store
 from gateway.store.outbox import OutboxReader
@@ -243,3 +243,27 @@ def test_live_readings_overtake_a_backlog_drained_at_a_bounded_rate(
         assert master.readings() == [*(reading(i) for i in range(6000)), live]
     finally:
         uplink.stop()
+
+
+def test_a_store_full_during_an_outage_sends_what_is_left_and_says_what_was_dropped(
+    broker: Mosquitto, master: MiniMaster, tmp_path: Path
+) -> None:
+    with Store.open(tmp_path / "small.db", gateway_id="gw-u", max_delay=0.05) as store:
+        store.submit_many(reading(i) for i in range(20_000))  # the broker is away
+        store.flush(10)
+        with JournalReader(store.path) as reader:
+            before = reader.count(Kind.READINGS)
+        result = store.enforce_retention(200_000).result(10)
+        assert result.dropped_count > 0
+        with JournalReader(store.path) as reader:
+            left = [r for _, r in reader.readings(limit=100_000)]
+        assert len(left) + result.dropped_count == before
+        uplink = Uplink(store, config(broker), FAST).start()
+        try:
+            wait_for(lambda: master.readings() == left, 20, "what is left at the master")
+            with master.lock:
+                events = [e for b in master.batches.values() for e in b.events]
+            assert sum(int(e.detail["count"]) for e in events) == result.dropped_count
+            assert {e.code for e in events} == {EventCode.READINGS_DROPPED}
+        finally:
+            uplink.stop()
