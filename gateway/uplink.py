@@ -78,6 +78,7 @@ class UplinkSettings:
     backoff_min: float = 1.0
     backoff_max: float = 30.0
     tick: float = 0.05
+    """Seconds the worker waits for an event before it looks at the store again."""
 
 
 class Uplink:
@@ -364,7 +365,7 @@ class Uplink:
         room = s.window - len(reader.pending())
         if room <= 0:
             return
-        unsent = reader.unsent()
+        unsent = reader.unsent(s.batch_size)
         full = any(n >= s.batch_size for n in unsent.values())
         due = any(unsent.values()) and now - self._last_live >= s.linger
         live = min(room, 4) if (full or due) else 0  # live first: it overtakes a backlog
@@ -406,7 +407,7 @@ class Uplink:
 
     def _refresh(self, reader: OutboxReader) -> None:
         now = time.monotonic()
-        if now - self._last_refresh < 0.5:
+        if now - self._last_refresh < 1.0:
             return
         self._last_refresh = now
         pending = [e.seq for e in reader.pending()]

@@ -178,7 +178,7 @@ def test_without_master_acks_nothing_is_pruned_and_the_window_bounds_the_outbox(
         with OutboxReader(store.path) as reader:
             assert len(reader.pending()) == 4  # built only as far as the window allows
         assert acked(store) == 0
-        assert uplink.status()["unbatched_readings"] == 1000 - 4 * 50
+        wait_for(lambda: uplink.status()["unbatched_readings"] == 1000 - 4 * 50, 5, "the status")
     finally:
         uplink.stop()
 

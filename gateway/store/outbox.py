@@ -358,14 +358,16 @@ class OutboxReader:
         held = {e.seq for e in self.pending()}
         return [s for s in seqs if s in held]
 
-    def unsent(self) -> dict[Kind, int]:
-        """Records of each kind above every batch and mark (what the next live batch takes)."""
+    def unsent(self, limit: int = 1_000_000) -> dict[Kind, int]:
+        """Records of each kind above every batch and mark (what the next live batch
+        takes), each count capped at ``limit`` (counting stops there)."""
         rows = self._all(f"SELECT {_RANGES} FROM outbox")
         marks = dict(self._all("SELECT kind, up_to FROM acked"))
         out = {}
         for i, kind in enumerate(_KINDS):
             high = max([int(marks.get(str(kind), 0)), *(int(r[2 * i + 1]) for r in rows)])
-            out[kind] = int(self._all(f"SELECT count(*) FROM {kind} WHERE id > ?", (high,))[0][0])
+            sql = f"SELECT count(*) FROM (SELECT 1 FROM {kind} WHERE id > ? LIMIT ?)"
+            out[kind] = int(self._all(sql, (high, limit))[0][0])
         return out
 
     def backlog(self) -> int:
