@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Callable, Iterable, Sequence
+from datetime import time
 from typing import Any, TypeVar, cast, overload
 
 import yaml
@@ -31,6 +33,7 @@ __all__ = [
     "boolean",
     "choice",
     "describe",
+    "hhmm",
     "identifier",
     "integer",
     "number",
@@ -397,3 +400,17 @@ def optional(conv: Callable[[Node], T]) -> Callable[[Node], T | None]:
         return conv(node)
 
     return wrapped
+
+
+_HHMM = re.compile(r"(\d{1,2}):(\d{2})")
+
+
+def hhmm(node: Node) -> time:
+    """A local time of day written ``"HH:MM"`` (an unquoted 10:30 is read as written)."""
+    # unquoted 10:30 is a YAML 1.1 base-60 integer: the text as written is what counts
+    if not isinstance(node, ScalarNode) or node.tag not in (_TAG + "str", _TAG + "int"):
+        raise Invalid(f'must be a time "HH:MM", not {describe(node)}')
+    match = _HHMM.fullmatch(node.value)
+    if not match or int(match[1]) > 23 or int(match[2]) > 59:
+        raise Invalid(f'must be a time "HH:MM" from 00:00 to 23:59, not {node.value!r}')
+    return time(int(match[1]), int(match[2]))

@@ -40,6 +40,7 @@ from gateway.yamlloc import (
     boolean,
     choice,
     describe,
+    hhmm,
     identifier,
     integer,
     number,
@@ -68,7 +69,6 @@ _MIB = 1024 * 1024
 
 _GATEWAY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _PREFIX = re.compile(r"[^/+#\s]+(/[^/+#\s]+)*")
-_HHMM = re.compile(r"(\d{1,2}):(\d{2})")
 
 
 def read_gateway_id(node: Node) -> str:
@@ -128,19 +128,6 @@ def _address(node: Node) -> str:
     if text == "999999999999":
         raise Invalid("999999999999 is the broadcast address, not a meter's")
     return text
-
-
-def _hhmm(node: Node) -> time:
-    # unquoted 10:30 is a YAML 1.1 base-60 integer: the text as written is what counts
-    if not isinstance(node, ScalarNode) or node.tag not in (
-        "tag:yaml.org,2002:str",
-        "tag:yaml.org,2002:int",
-    ):
-        raise Invalid(f'must be a time "HH:MM", not {describe(node)}')
-    match = _HHMM.fullmatch(node.value)
-    if not match or int(match[1]) > 23 or int(match[2]) > 59:
-        raise Invalid(f'must be a time "HH:MM" from 00:00 to 23:59, not {node.value!r}')
-    return time(int(match[1]), int(match[2]))
 
 
 def _datetime(node: Node) -> datetime:
@@ -314,7 +301,7 @@ def _tou_slots(r: Reader, m: MapReader) -> list[tuple[TouSlot, Node]]:
     for item in r.sequence(node, "slots"):
         s = MapReader(r, item, "a slot")
         s.expect(["start", "slot"])
-        start, slot = s.get("start", _hhmm), s.get("slot", integer(1, 4))
+        start, slot = s.get("start", hhmm), s.get("slot", integer(1, 4))
         if not s.ok:
             continue
         start_node = cast(Node, s.value_node("start"))

@@ -13,7 +13,6 @@ shows and explains every key.  Energy is integer Wh, power integer W.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, time
@@ -36,6 +35,7 @@ from gateway.yamlloc import (
     boolean,
     choice,
     describe,
+    hhmm,
     identifier,
     integer,
     number,
@@ -65,7 +65,6 @@ _LOAD_KEYS = {
     "random": ["mean_watts", "seed", "spread_watts"],
     "daily": ["points", "tz"],
 }
-_HHMM = re.compile(r"(\d{1,2}):(\d{2})")
 _DLT_ONLY = ("address", "protect", "password", "close_mode", "preamble")
 _MODBUS_ONLY = ("unit_id", "profile")
 
@@ -264,18 +263,6 @@ def _address(node: Node) -> str:
     return text
 
 
-def _hhmm(node: Node) -> time:
-    if not isinstance(node, ScalarNode) or node.tag not in (
-        "tag:yaml.org,2002:str",
-        "tag:yaml.org,2002:int",
-    ):
-        raise Invalid(f'must be a time "HH:MM", not {describe(node)}')
-    match = _HHMM.fullmatch(node.value)
-    if not match or int(match[1]) > 23 or int(match[2]) > 59:
-        raise Invalid(f'must be a time "HH:MM" from 00:00 to 23:59, not {node.value!r}')
-    return time(int(match[1]), int(match[2]))
-
-
 def _start(node: Node) -> datetime | None:
     if isinstance(node, ScalarNode) and node.value == "now":
         return None
@@ -394,7 +381,7 @@ def _tou(r: Reader, node: Node) -> tuple[tuple[time, int], ...] | None:
     for item in r.sequence(node, "tou_slots"):
         s = MapReader(r, item, "a slot")
         s.expect(["start", "tariff"])
-        start, tariff = s.get("start", _hhmm), s.get("tariff", integer(1, 4))
+        start, tariff = s.get("start", hhmm), s.get("tariff", integer(1, 4))
         if not s.ok:
             ok = False
             continue

@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from types import TracebackType
+from typing import Any, Literal, Self
 
 from sqlite_utils import Database
 
@@ -27,6 +28,7 @@ __all__ = [
     "SQLITE_HEADER",
     "Check",
     "Opened",
+    "ReadConnection",
     "check_integrity",
     "connect",
     "move_aside",
@@ -215,3 +217,35 @@ def _check_and_migrate(
         if damage is None:
             raise StoreError(f"cannot open store: {exc}") from exc
         return damage, ()
+
+
+class ReadConnection:
+    """A read-only connection of its own (WAL readers never block the writer).
+
+    Use from one thread at a time; close it (or use it as a context manager).
+    Subclasses query through :meth:`_all`; ``_what`` names them in errors.
+    """
+
+    _what = "store"
+
+    def __init__(self, path: str | Path) -> None:
+        with store_errors(f"cannot open store {path} for reading"):
+            self._db = connect(Path(path), readonly=True)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _all(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+        with store_errors(f"{self._what} read failed"):
+            return list(self._db.execute(sql, params).fetchall())

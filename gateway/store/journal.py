@@ -18,8 +18,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 from enum import StrEnum
-from pathlib import Path
-from types import TracebackType
 from typing import Any, cast
 
 import cbor2
@@ -27,7 +25,7 @@ import cbor2
 from gateway.errors import StoreError
 from gateway.protocols.batch import HealthRecord, MeterEvent, TaskKind, TaskResult, TaskStatus
 from gateway.protocols.quantities import Quantity, Reading
-from gateway.store.db import connect, store_errors
+from gateway.store.db import ReadConnection
 
 __all__ = [
     "INSERT_SQL",
@@ -218,33 +216,10 @@ class StoreMeta:
     schema_version: int
 
 
-class JournalReader:
-    """A read-only connection of its own (WAL readers never block the writer).
+class JournalReader(ReadConnection):
+    """The journal, read: records by kind and position, typed, and the store's meta."""
 
-    Use from one thread at a time; close it (or use it as a context manager).
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        with store_errors(f"cannot open store {path} for reading"):
-            self._db = connect(Path(path), readonly=True)
-
-    def close(self) -> None:
-        self._db.close()
-
-    def __enter__(self) -> JournalReader:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def _all(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
-        with store_errors("store read failed"):
-            return list(self._db.execute(sql, params).fetchall())
+    _what = "store"
 
     def meta(self) -> StoreMeta:
         values = dict(self._all("SELECT key, value FROM meta"))

@@ -22,15 +22,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
-from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from sqlite_utils import Database
 
 from gateway.protocols.batch import Batch, HealthRecord, MeterEvent, TaskResult, encode_batch
 from gateway.protocols.quantities import Reading
-from gateway.store.db import connect, store_errors
+from gateway.store.db import ReadConnection
 from gateway.store.journal import Kind, decode_row
 from gateway.store.store import Store, wall_ms
 
@@ -316,30 +314,10 @@ def _advance_marks(db: Database) -> dict[Kind, int]:
     return marks
 
 
-class OutboxReader:
+class OutboxReader(ReadConnection):
     """A read-only view of the outbox (its own connection; one thread at a time)."""
 
-    def __init__(self, path: str | Path) -> None:
-        with store_errors(f"cannot open store {path} for reading"):
-            self._db = connect(Path(path), readonly=True)
-
-    def close(self) -> None:
-        self._db.close()
-
-    def __enter__(self) -> OutboxReader:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def _all(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
-        with store_errors("outbox read failed"):
-            return list(self._db.execute(sql, params).fetchall())
+    _what = "outbox"
 
     def pending(self) -> list[OutboxEntry]:
         """Batches the master has not acknowledged, oldest seq first."""
