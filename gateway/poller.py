@@ -43,6 +43,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from gateway.clock import Clock
+from gateway.config import Polling
 from gateway.drivers.base import COMM_CAUSES, MeterDriver
 from gateway.drivers.dlt645 import METER_NUMBER_DI
 from gateway.drivers.jobs import Job, JobResult, ReadJob
@@ -105,6 +106,15 @@ class PollSettings:
     """Seconds between meter-number checks (DL/T 645)."""
     max_power_w: int = 100_000
     """Above this power (x CT x PT) an energy rise is impossible: a jump."""
+
+    @classmethod
+    def from_config(cls, polling: Polling) -> PollSettings:
+        """The settings the configuration's ``polling`` section asks for."""
+        return cls(
+            interval=polling.interval_s,
+            fail_after=polling.fail_after,
+            backoff_base=polling.backoff_s,
+        )
 
 
 @dataclass(slots=True)

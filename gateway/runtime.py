@@ -66,7 +66,7 @@ class Runtime:
         """``uplink``: publish the journal to the configured broker (True, or settings)."""
         self.config = config
         self.clock: Clock = clock or SystemClock(config.timezone)
-        self.settings = settings or PollSettings()
+        self.settings = settings or PollSettings.from_config(config.polling)
         self.store_path = Path(store_path or config.store.path)
         self.status_socket = Path(status_socket) if status_socket else None
         self.reopen_max = reopen_max

@@ -354,3 +354,28 @@ def test_cli_example_prints_the_packaged_example() -> None:
     assert result.returncode == 0
     assert result.stdout == EXAMPLE
     assert parse_config(result.stdout).gateway_id == "bjgc-dr1"
+
+
+def test_polling_section_defaults_and_values() -> None:
+    from gateway.config import Polling
+    from gateway.poller import PollSettings
+
+    example = load_config(example_config_path())
+    assert example.polling == Polling(interval_s=15, fail_after=3, backoff_s=30)
+    minimal = load_config(DATA / "good_minimal.yaml")
+    assert minimal.polling == Polling()
+    settings = PollSettings.from_config(Polling(interval_s=0, fail_after=5, backoff_s=60))
+    assert (settings.interval, settings.fail_after, settings.backoff_base) == (0, 5, 60)
+
+
+def test_polling_section_errors_are_located(tmp_path: Path) -> None:
+    text = (DATA / "good_minimal.yaml").read_text() + "polling:\n  interval_s: -1\n  fail_aftr: 2\n"
+    bad = tmp_path / "bad_polling.yaml"
+    bad.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(bad)
+    lines = text.splitlines()
+    row = len(lines) - 1  # 1-based line of "interval_s: -1"
+    messages = [str(e) for e in caught.value.errors]
+    assert any(m.startswith(f"{bad}:{row}:15:") for m in messages), messages
+    assert any(f"{bad}:{row + 1}:3:" in m and "fail_after" in m for m in messages), messages

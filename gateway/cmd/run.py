@@ -18,6 +18,7 @@ writer are alive: a dead thread stops the pings and systemd restarts the gateway
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -34,10 +35,8 @@ __all__ = ["OneLineFormatter", "configure", "run", "supervise"]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from gateway.poller import PollSettings
     from gateway.status import DEFAULT_SOCKET
 
-    d = PollSettings()
     parser.add_argument("--config", required=True, metavar="FILE", help="gateway configuration")
     parser.add_argument("--store", metavar="PATH", help="SQLite store (default: the config's)")
     parser.add_argument(
@@ -46,23 +45,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--interval",
         type=float,
-        default=d.interval,
         metavar="SECONDS",
-        help=f"seconds between polls of a meter; 0: as fast as the line allows ({d.interval:g})",
+        help="seconds between polls of a meter; 0: as fast as the line allows "
+        "(overrides the config's polling.interval_s)",
     )
     parser.add_argument(
         "--fail-after",
         type=int,
-        default=d.fail_after,
         metavar="N",
-        help=f"failed polls before a meter is flagged ({d.fail_after})",
+        help="failed polls before a meter is flagged (overrides polling.fail_after)",
     )
     parser.add_argument(
         "--backoff",
         type=float,
-        default=d.backoff_base,
         metavar="SECONDS",
-        help=f"first re-probe delay of a flagged meter, doubling ({d.backoff_base:g})",
+        help="first re-probe delay of a flagged meter, doubling (overrides polling.backoff_s)",
     )
     parser.add_argument(
         "--no-uplink",
@@ -88,8 +85,14 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[stream])
     notifier = Notifier.from_environ()
     config = load_config(args.config)
-    settings = PollSettings(
-        interval=args.interval, fail_after=args.fail_after, backoff_base=args.backoff
+    overrides = {
+        "interval": args.interval,
+        "fail_after": args.fail_after,
+        "backoff_base": args.backoff,
+    }
+    settings = dataclasses.replace(
+        PollSettings.from_config(config.polling),
+        **{k: v for k, v in overrides.items() if v is not None},
     )
     stop = threading.Event()
     reason = ["stop"]

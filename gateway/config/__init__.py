@@ -35,6 +35,7 @@ from gateway.config.model import (
     FlatTariff,
     GatewayConfig,
     Meter,
+    Polling,
     SerialBus,
     Store,
     Tariff,
@@ -50,6 +51,7 @@ from gateway.config.sections import (
     read_console,
     read_gateway_id,
     read_meter,
+    read_polling,
     read_store,
     read_tariff,
     read_timezone,
@@ -66,6 +68,7 @@ __all__ = [
     "FlatTariff",
     "GatewayConfig",
     "Meter",
+    "Polling",
     "SerialBus",
     "Store",
     "Tariff",
@@ -126,6 +129,7 @@ def parse_config(text: str, filename: str = "<string>") -> GatewayConfig:
         uplink = read_uplink(r, cast(Node, top.value_node("uplink")), gateway_id)
     store = read_store(r, top.value_node("store"))
     console = read_console(r, top.value_node("console"))
+    polling = read_polling(r, top.value_node("polling"))
     check_references(r, buses, meters, accounts, tariffs)
     r.check()
     return GatewayConfig(
@@ -138,5 +142,6 @@ def parse_config(text: str, filename: str = "<string>") -> GatewayConfig:
         uplink=cast(Uplink, uplink),
         store=cast(Store, store),
         console=cast(Console, console),
+        polling=cast(Polling, polling),
         source=filename,
     )

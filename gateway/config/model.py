@@ -24,6 +24,7 @@ __all__ = [
     "GatewayConfig",
     "Meter",
     "Parity",
+    "Polling",
     "Protocol",
     "Role",
     "SerialBus",
@@ -171,6 +172,15 @@ class Store:
 
 
 @dataclass(frozen=True, slots=True)
+class Polling:
+    """How the buses poll their meters (every bus of the gateway alike)."""
+
+    interval_s: float = 15.0  #: seconds between polls of one meter; 0: as fast as the line allows
+    fail_after: int = 3  #: consecutive failed polls before a meter is flagged
+    backoff_s: float = 30.0  #: first re-probe delay of a flagged meter (doubling, up to 900 s)
+
+
+@dataclass(frozen=True, slots=True)
 class Console:
     """The technician's serial console."""
 
@@ -190,6 +200,7 @@ class GatewayConfig:
     tariffs: tuple[Tariff, ...]  #: every version of every tariff, in file order
     uplink: Uplink  #: MQTT to the master station
     store: Store = Store()  #: local SQLite store
+    polling: Polling = Polling()  #: poll interval and failure handling
     console: Console = Console()  #: technician console
     source: str = "<string>"  #: the file it was read from, for messages
 

@@ -25,6 +25,7 @@ from gateway.config.model import (
     FlatTariff,
     Meter,
     Parity,
+    Polling,
     Protocol,
     SerialBus,
     Store,
@@ -362,6 +363,18 @@ def read_store(r: Reader, node: Node | None) -> Store | None:
     path = m.get("path", string, Store().path)
     max_bytes = m.get("max_bytes", integer(_MIB, None), Store().max_bytes)
     return Store(path, max_bytes) if m.ok else None
+
+
+def read_polling(r: Reader, node: Node | None) -> Polling | None:
+    d = Polling()
+    if node is None or node.tag == "tag:yaml.org,2002:null":
+        return d
+    m = MapReader(r, node, "polling")
+    m.expect(_keys(Polling))
+    interval = m.get("interval_s", number(0, 86_400), d.interval_s)
+    fail_after = m.get("fail_after", integer(1, 1000), d.fail_after)
+    backoff = m.get("backoff_s", number(1, 86_400), d.backoff_s)
+    return Polling(interval, fail_after, backoff) if m.ok else None
 
 
 def read_console(r: Reader, node: Node | None) -> Console | None:
