@@ -1,0 +1,46 @@
+"""The money core: tariffs and rating, pure and in integers (Wh, 0.0001 yuan).
+
+No I/O here: the ledger (``gateway.store.ledger``) posts what :func:`rate` returns.
+"""
+
+from __future__ import annotations
+
+from gateway.billing.rating import (
+    Adjustment,
+    ChargeLine,
+    Interval,
+    MeterState,
+    Rating,
+    Rerating,
+    Running,
+    SegmentKey,
+    rate,
+    rerate,
+)
+from gateway.billing.tariffs import (
+    DayCalendar,
+    DayType,
+    TariffBook,
+    TouSeason,
+    prorated_thresholds,
+    slot_table,
+)
+
+__all__ = [
+    "Adjustment",
+    "ChargeLine",
+    "DayCalendar",
+    "DayType",
+    "Interval",
+    "MeterState",
+    "Rating",
+    "Rerating",
+    "Running",
+    "SegmentKey",
+    "TariffBook",
+    "TouSeason",
+    "prorated_thresholds",
+    "rate",
+    "rerate",
+    "slot_table",
+]
