@@ -56,8 +56,8 @@ BOOK = TariffBook(
 )
 
 
-def at(*args: int) -> datetime:
-    return datetime(*args, tzinfo=SH)  # type: ignore[misc]
+def at(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=SH)
 
 
 def state(tariff: str, meter: str = "m1", account: str = "A", **kw: object) -> MeterState:
@@ -179,7 +179,7 @@ def test_thousand_one_wh_intervals_cost_exactly_one_kwh(engine: ModuleType) -> N
     # The rounding rule posts round(cum x price) - posted: the sum is exactly 6128.
     st = state("flat")
     t = at(2026, 3, 2)
-    amounts = []
+    amounts: list[int] = []
     for _ in range(1000):
         r = rate(st, Interval(t, t + timedelta(seconds=6), 1), BOOK, engine=engine)
         amounts.extend(ln.amount for ln in r.lines)
@@ -200,3 +200,20 @@ def test_zero_energy_gives_no_lines_and_bad_input_is_refused(engine: ModuleType)
     # a zero-length interval (two readings at one instant) keeps its energy
     r = rate(state("flat"), Interval(at(2026, 3, 2), at(2026, 3, 2), 5), BOOK, engine=engine)
     assert summary(r.lines) == [("flat", 1, "flat", 5, 31)]  # 5 x 6128 / 1000 = 30.64 -> 31
+
+
+def test_a_long_apportioned_interval_is_marked_estimated(engine: ModuleType) -> None:
+    # Readings 2 h apart with a 15 min gap limit: split by time across 22:00, estimated.
+    iv = Interval(at(2026, 3, 2, 21), at(2026, 3, 2, 23), 2000)
+    gap = timedelta(minutes=15)
+    r = rate(state("tou"), iv, BOOK, max_gap=gap, engine=engine)
+    assert [ln.estimated for ln in r.lines] == [True, True]
+    # the meter's own per-tariff registers are not an estimate, however long the gap
+    iv = Interval(iv.t0, iv.t1, 2000, slot_wh={2: 1200, 4: 800})
+    r = rate(state("tou"), iv, BOOK, max_gap=gap, engine=engine)
+    assert [ln.estimated for ln in r.lines] == [False, False]
+    # within the limit: not estimated
+    iv = Interval(at(2026, 3, 2, 21, 50), at(2026, 3, 2, 22, 5), 150)
+    r = rate(state("tou"), iv, BOOK, max_gap=gap, engine=engine)
+    assert summary(r.lines) == [("tou", 1, "slot:2", 100, 900), ("tou", 1, "slot:4", 50, 150)]
+    assert not any(ln.estimated for ln in r.lines)

@@ -118,11 +118,15 @@ def rate(
     interval: Interval,
     book: TariffBook,
     *,
+    max_gap: timedelta | None = None,
     engine: ModuleType | None = None,
 ) -> Rating:
     """Rate ``interval`` for the meter in ``state``; return the lines and the new state.
 
-    ``engine`` is a fast-path module (default: the one :mod:`gateway.fastpath` loaded).
+    An interval longer than ``max_gap`` whose energy is apportioned by time spans a
+    communication gap: its lines are marked estimated (as are those of an interval
+    flagged so).  ``engine`` is a fast-path module (default: the one
+    :mod:`gateway.fastpath` loaded).
     Raises ValueError for a negative energy or an interval that ends before it starts.
     """
     t0, t1 = interval.t0.astimezone(UTC), interval.t1.astimezone(UTC)
@@ -140,6 +144,8 @@ def rate(
     else:
         energies = _apportion(interval.energy_wh, [_us(p.t1 - p.t0) for p in pieces])
     parts = _tier_parts(pieces, energies, state)
+    gap = max_gap is not None and not use_registers and t1 - t0 > max_gap
+    estimated = interval.estimated or gap
     totals = dict(state.totals)
     lines: list[ChargeLine] = []
     for piece, key, a, b, energy in _merge(parts):
@@ -162,7 +168,7 @@ def rate(
                 energy,
                 price,
                 amount,
-                interval.estimated,
+                estimated,
                 not use_registers,
             )
         )
@@ -324,6 +330,7 @@ def rerate(
     posted: Mapping[str, int],
     *,
     reason: str,
+    max_gap: timedelta | None = None,
     engine: ModuleType | None = None,
 ) -> Rerating:
     """Re-rate journaled intervals under ``book`` (which holds the late tariff).
@@ -341,7 +348,8 @@ def rerate(
     lines: list[ChargeLine] = []
     for meter_id, interval in journal:
         st = states[meter_id]
-        result = rate(replace(st, year_wh=year[st.account_id]), interval, book, engine=engine)
+        before = replace(st, year_wh=year[st.account_id])
+        result = rate(before, interval, book, max_gap=max_gap, engine=engine)
         states[meter_id] = result.state
         year[st.account_id] = result.state.year_wh
         rerated[st.account_id] = rerated.get(st.account_id, 0) + result.amount
