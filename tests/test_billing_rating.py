@@ -48,9 +48,12 @@ FLAT_V1 = FlatTariff("flat", 1, JAN1, 6128)
 FLAT_V2 = FlatTariff("flat", 2, datetime(2026, 7, 1, tzinfo=SH), 6500)
 # residential tiers: 2760 and 4800 kWh a year; 0.5283, +0.05, +0.30 yuan/kWh
 TIERED = TieredTariff("res", 1, JAN1, (2_760_000, 4_800_000), (5283, 5783, 8283))
+TIERED_V2 = TieredTariff(
+    "res", 2, datetime(2026, 9, 1, tzinfo=SH), TIERED.thresholds, (5300, 5800, 8300)
+)
 
 BOOK = TariffBook(
-    [TOU, FLAT_V1, FLAT_V2, TIERED],
+    [TOU, FLAT_V1, FLAT_V2, TIERED, TIERED_V2],
     calendar=DayCalendar(holidays=frozenset({date(2026, 5, 1)})),
     seasons={"tou": (WEEKEND,)},
 )
@@ -217,3 +220,25 @@ def test_a_long_apportioned_interval_is_marked_estimated(engine: ModuleType) -> 
     r = rate(state("tou"), iv, BOOK, max_gap=gap, engine=engine)
     assert summary(r.lines) == [("tou", 1, "slot:2", 100, 900), ("tou", 1, "slot:4", 50, 150)]
     assert not any(ln.estimated for ln in r.lines)
+
+
+def test_time_shares_round_half_up_and_sum_exactly(engine: ModuleType) -> None:
+    # 21:50 -> 22:05, 100 Wh: peak 10 of 15 min = 66.67 Wh -> 67, valley the rest, 33
+    # 67 x 9000 / 1000 = 603; 33 x 3000 / 1000 = 99
+    iv = Interval(at(2026, 3, 2, 21, 50), at(2026, 3, 2, 22, 5), 100)
+    r = rate(state("tou"), iv, BOOK, engine=engine)
+    assert summary(r.lines) == [("tou", 1, "slot:2", 67, 603), ("tou", 1, "slot:4", 33, 99)]
+
+
+def test_tier_crossing_and_version_change_in_one_interval(engine: ModuleType) -> None:
+    # 08-31 23:00 -> 09-01 01:00, 2000 Wh; tiered v2 from 09-01 00:00; year at 2_759_500.
+    # v1 hour, 1000 Wh: 500 Wh tier 1 (to 2_760_000) x 5283 / 1000 = 2641.5 -> 2642
+    #                   500 Wh tier 2 x 5783 / 1000 = 2891.5 -> 2892
+    # v2 hour, 1000 Wh: the year is at 2_760_500, tier 2: 1000 x 5800 / 1000 = 5800
+    st = state("res", year_wh=2_759_500)
+    r = rate(st, Interval(at(2026, 8, 31, 23), at(2026, 9, 1, 1), 2000), BOOK, engine=engine)
+    assert summary(r.lines) == [
+        ("res", 1, "tier:1", 500, 2642),
+        ("res", 1, "tier:2", 500, 2892),
+        ("res", 2, "tier:2", 1000, 5800),
+    ]
