@@ -242,3 +242,32 @@ def test_tier_crossing_and_version_change_in_one_interval(engine: ModuleType) ->
         ("res", 1, "tier:2", 500, 2892),
         ("res", 2, "tier:2", 1000, 5800),
     ]
+
+
+def test_yearly_tier_reset_inside_an_interval(engine: ModuleType) -> None:
+    # The tier total resets at 2027-01-01 00:00 local; the account (opened mid-year,
+    # prorated first threshold 1_391_342 Wh) stands at 1_391_000 Wh.
+    # 2026-12-31 23:00 -> 2027-01-01 01:00, 2000 Wh, 1000 Wh each side of the reset:
+    # (tiered version 2 is in force: 0.5300 / 0.5800 / 0.8300 yuan/kWh)
+    # 2026: 342 Wh tier 1 x 5300 / 1000 = 1812.6 -> 1813
+    #       658 Wh tier 2 x 5800 / 1000 = 3816.4 -> 3816
+    # 2027: total restarts at 0, the tariff's own thresholds: 1000 Wh tier 1.
+    #       Tier 1's accumulator goes on: cum 1342 Wh x 5300 / 1000 = 7112.6 -> 7113,
+    #       minus 1813 posted = 5300
+    st = state(
+        "res",
+        year_wh=1_391_000,
+        thresholds=(1_391_342, 2_419_726),
+        year_end=at(2027, 1, 1),
+    )
+    r = rate(st, Interval(at(2026, 12, 31, 23), at(2027, 1, 1, 1), 2000), BOOK, engine=engine)
+    assert summary(r.lines) == [
+        ("res", 2, "tier:1", 342, 1813),
+        ("res", 2, "tier:2", 658, 3816),
+        ("res", 2, "tier:1", 1000, 5300),
+    ]
+    assert (r.state.year_wh, r.state.thresholds, r.state.year_end) == (1000, None, None)
+    # an interval starting at the reset: the whole of it is in the new year
+    r = rate(st, Interval(at(2027, 1, 1), at(2027, 1, 1, 1), 400), BOOK, engine=engine)
+    assert summary(r.lines) == [("res", 2, "tier:1", 400, 2120)]  # 400 x 5300 / 1000
+    assert r.state.year_wh == 400

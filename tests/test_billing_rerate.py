@@ -102,3 +102,21 @@ def test_meters_of_one_account_share_its_tier_total(engine: ModuleType) -> None:
         ("m5", "tier:2", 200, 1157),
     ]
     assert result.adjustments == (Adjustment("C", 6_440, 6_440, 0, "first posting"),)
+
+
+def test_a_yearly_reset_seen_by_one_meter_holds_for_the_account(engine: ModuleType) -> None:
+    # Account C resets its tier total at 2027-01-01 00:00.  m4's interval crosses it:
+    # 300 Wh before (tier 1: 300 x 5283 / 1000 = 1584.9 -> 1585), 300 Wh after (the
+    # account's total restarts: 300 Wh).  m5's later 600 Wh add to that total (900 Wh);
+    # they must not reset it a second time.
+    reset = datetime(2027, 1, 1, tzinfo=SH)
+    start = {m: MeterState(m, "C", "res", year_wh=2_759_000, year_end=reset) for m in ("m4", "m5")}
+    rows = [
+        ("m4", Interval(reset - timedelta(hours=1), reset + timedelta(hours=1), 600)),
+        ("m5", Interval(reset + timedelta(hours=1), reset + timedelta(hours=2), 600)),
+    ]
+    result = rerate(rows, start, OLD, {}, reason="x", engine=engine)
+    assert result.states["m5"].year_wh == 900
+    assert result.states["m5"].year_end is None
+    # m4: cum 600 Wh tier 1 x 5283 / 1000 = 3169.8 -> 3170 (1585 + 1585); m5: 3170
+    assert result.adjustments == (Adjustment("C", 6_340, 6_340, 0, "x"),)

@@ -74,6 +74,10 @@ class MeterState:
     tariff_id: str
     year_wh: int = 0  #: the ACCOUNT's billing-year consumption so far (all its meters), Wh
     thresholds: tuple[int, ...] | None = None  #: prorated tier thresholds; None: the tariff's
+    #: when the tier total resets (the yearly settlement date).  An interval crossing it
+    #: is split there; after it the total restarts at 0, the thresholds are the tariff's
+    #: and this is None until the caller sets the next one.
+    year_end: datetime | None = None
     totals: Mapping[SegmentKey, Running] = field(default_factory=dict, hash=False)
 
 
@@ -136,14 +140,16 @@ def rate(
     if interval.energy_wh < 0 or (slot_wh and any(v < 0 for v in slot_wh.values())):
         raise ValueError(f"meter {state.meter_id}: negative energy")
     cost: Callable[[int, int], int] = (engine or fastpath).cumulative_cost
-    pieces = _pieces(state.tariff_id, t0, t1, book)
+    year_end = state.year_end.astimezone(UTC) if state.year_end is not None else None
+    extra = [year_end] if year_end is not None and t0 < year_end < t1 else []
+    pieces = _pieces(state.tariff_id, t0, t1, book, extra)
     use_registers = slot_wh is not None and all(p.slot is not None for p in pieces)
     if use_registers:
         assert slot_wh is not None
         energies = _by_registers(pieces, slot_wh)
     else:
         energies = _apportion(interval.energy_wh, [_us(p.t1 - p.t0) for p in pieces])
-    parts = _tier_parts(pieces, energies, state)
+    parts, year, reset = _tier_parts(pieces, energies, state, year_end)
     gap = max_gap is not None and not use_registers and t1 - t0 > max_gap
     estimated = interval.estimated or gap
     totals = dict(state.totals)
@@ -172,13 +178,19 @@ def rate(
                 not use_registers,
             )
         )
-    consumed = sum(energies)
-    return Rating(tuple(lines), replace(state, year_wh=state.year_wh + consumed, totals=totals))
+    after = replace(state, year_wh=year, totals=totals)
+    if reset:
+        after = replace(after, thresholds=None, year_end=None)
+    return Rating(tuple(lines), after)
 
 
-def _pieces(tariff_id: str, t0: datetime, t1: datetime, book: TariffBook) -> list[_Piece]:
-    """Split [t0, t1) at version changes, then TOU versions at slot boundaries."""
-    cuts = [t0, *book.changes(tariff_id, t0, t1), t1]
+def _pieces(
+    tariff_id: str, t0: datetime, t1: datetime, book: TariffBook, extra: list[datetime]
+) -> list[_Piece]:
+    """Split [t0, t1) at version changes and ``extra``, then TOU at slot boundaries."""
+    cuts = sorted({t0, *book.changes(tariff_id, t0, t1), *extra, t1})
+    if len(cuts) == 1:  # zero-length interval
+        cuts.append(t1)
     pieces: list[_Piece] = []
     for a, b in itertools.pairwise(cuts):
         tariff = book.at(tariff_id, a)
@@ -243,22 +255,27 @@ def _by_registers(pieces: list[_Piece], slot_wh: Mapping[int, int]) -> list[int]
 
 
 def _tier_parts(
-    pieces: list[_Piece], energies: list[int], state: MeterState
-) -> list[tuple[_Piece, str, datetime, datetime, int]]:
-    """Key each piece's energy; a tiered piece splits where the year crosses a threshold."""
-    year = state.year_wh
+    pieces: list[_Piece], energies: list[int], state: MeterState, year_end: datetime | None
+) -> tuple[list[tuple[_Piece, str, datetime, datetime, int]], int, bool]:
+    """Key each piece's energy; a tiered piece splits where the year crosses a threshold.
+
+    Returns the parts, the billing-year total after them and whether it was reset.
+    """
+    year, prorated, reset = state.year_wh, state.thresholds, False
     parts: list[tuple[_Piece, str, datetime, datetime, int]] = []
     for piece, energy in zip(pieces, energies, strict=True):
+        if year_end is not None and not reset and piece.t0 >= year_end:
+            year, prorated, reset = 0, None, True
         tariff = piece.tariff
         if isinstance(tariff, TouTariff):
             parts.append((piece, f"slot:{piece.slot}", piece.t0, piece.t1, energy))
         elif isinstance(tariff, FlatTariff):
             parts.append((piece, "flat", piece.t0, piece.t1, energy))
         else:
-            thresholds = state.thresholds if state.thresholds is not None else tariff.thresholds
+            thresholds = prorated if prorated is not None else tariff.thresholds
             parts.extend(_tier_split(piece, energy, year, thresholds))
         year += energy
-    return parts
+    return parts, year, reset
 
 
 def _tier_split(
@@ -338,20 +355,22 @@ def rerate(
     ``journal`` holds (meter id, interval) in the order they were rated, from the
     states ``start`` (meter id -> state before the first of them); ``posted`` is what
     the ledger charged each account for those intervals.  One adjustment per account:
-    Σ re-rated − Σ posted.  Meters of one account share its billing-year total.
+    Σ re-rated − Σ posted.  Meters of one account share its billing-year tier state
+    (total, prorated thresholds, reset time), taken from its first meter in ``start``.
     """
     states = dict(start)
-    year: dict[str, int] = {}
+    year: dict[str, tuple[int, tuple[int, ...] | None, datetime | None]] = {}
     for st in start.values():
-        year.setdefault(st.account_id, st.year_wh)
+        year.setdefault(st.account_id, (st.year_wh, st.thresholds, st.year_end))
     rerated: dict[str, int] = {}
     lines: list[ChargeLine] = []
     for meter_id, interval in journal:
         st = states[meter_id]
-        before = replace(st, year_wh=year[st.account_id])
+        total, thresholds, year_end = year[st.account_id]
+        before = replace(st, year_wh=total, thresholds=thresholds, year_end=year_end)
         result = rate(before, interval, book, max_gap=max_gap, engine=engine)
-        states[meter_id] = result.state
-        year[st.account_id] = result.state.year_wh
+        after = states[meter_id] = result.state
+        year[st.account_id] = (after.year_wh, after.thresholds, after.year_end)
         rerated[st.account_id] = rerated.get(st.account_id, 0) + result.amount
         lines.extend(result.lines)
     adjustments = []
