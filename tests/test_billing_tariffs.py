@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from gateway.billing import DayCalendar, TariffBook, TouSeason, prorated_thresholds, slot_table
+from gateway.config import example_config_path, load_config
 from gateway.config.model import FlatTariff, TieredTariff, TouSlot, TouTariff
 
 SH = ZoneInfo("Asia/Shanghai")
@@ -112,3 +113,13 @@ def test_proration_by_days() -> None:
     assert prorated_thresholds((2_760_000,), date(2027, 2, 1), *year) == (0,)
     with pytest.raises(ValueError):
         prorated_thresholds((1,), date(2026, 1, 1), date(2026, 1, 1), date(2026, 1, 1))
+
+
+def test_book_from_the_example_config() -> None:
+    cfg = load_config(example_config_path())
+    book = TariffBook.from_config(cfg, holidays=frozenset({date(2026, 10, 1)}))
+    assert book.calendar.timezone == cfg.timezone
+    assert book.calendar.day_type(date(2026, 10, 1)) == "holiday"
+    for tariff in cfg.tariffs:
+        assert tariff in book.versions(tariff.id)
+        assert book.at(tariff.id, datetime(2100, 1, 1, tzinfo=SH)).id == tariff.id

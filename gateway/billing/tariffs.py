@@ -16,7 +16,14 @@ from datetime import UTC, date, datetime, tzinfo
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from gateway.config.model import FlatTariff, Tariff, TieredTariff, TouSlot, TouTariff
+from gateway.config.model import (
+    FlatTariff,
+    GatewayConfig,
+    Tariff,
+    TieredTariff,
+    TouSlot,
+    TouTariff,
+)
 
 __all__ = [
     "DayCalendar",
@@ -120,6 +127,19 @@ class TariffBook:
         for tariff_id, versions in by_id.items():
             versions.sort(key=lambda t: (t.effective, t.version))
             self._versions[tariff_id] = versions
+
+    @classmethod
+    def from_config(
+        cls,
+        config: GatewayConfig,
+        *,
+        holidays: frozenset[date] = frozenset(),
+        workdays: frozenset[date] = frozenset(),
+        seasons: Mapping[str, tuple[TouSeason, ...]] | None = None,
+    ) -> TariffBook:
+        """The config's tariffs, slots read in its time zone; the rest as given."""
+        calendar = DayCalendar(config.timezone, holidays, workdays)
+        return cls(config.tariffs, calendar=calendar, seasons=seasons)
 
     def with_tariff(self, tariff: Tariff) -> TariffBook:
         """A new book with one more version (a late or corrected tariff)."""
