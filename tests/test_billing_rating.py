@@ -271,3 +271,16 @@ def test_yearly_tier_reset_inside_an_interval(engine: ModuleType) -> None:
     r = rate(st, Interval(at(2027, 1, 1), at(2027, 1, 1, 1), 400), BOOK, engine=engine)
     assert summary(r.lines) == [("res", 2, "tier:1", 400, 2120)]  # 400 x 5300 / 1000
     assert r.state.year_wh == 400
+
+
+def test_naive_times_are_refused_and_empty_registers_mean_none(engine: ModuleType) -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        rate(state("flat"), Interval(datetime(2026, 3, 2), datetime(2026, 3, 2, 1), 1), BOOK)
+    # no registers reported: apportioned by time (see test_tou_across_2200)
+    iv = Interval(at(2026, 3, 2, 21, 40), at(2026, 3, 2, 22, 30), 1000, slot_wh={})
+    r = rate(state("tou"), iv, BOOK, engine=engine)
+    assert summary(r.lines) == [("tou", 1, "slot:2", 400, 3600), ("tou", 1, "slot:4", 600, 1800)]
+    # registers on a flat tariff are not used: the total is
+    iv = Interval(at(2026, 3, 2, 21), at(2026, 3, 2, 22), 1000, slot_wh={2: 900})
+    r = rate(state("flat"), iv, BOOK, engine=engine)
+    assert summary(r.lines) == [("flat", 1, "flat", 1000, 6128)] and r.lines[0].apportioned

@@ -53,7 +53,9 @@ class Interval:
     t0: datetime  #: previous reading
     t1: datetime  #: this reading
     energy_wh: int  #: forward energy delta x ratio (CT x PT), Wh
-    slot_wh: Mapping[int, int] | None = None  #: per-tariff register deltas x ratio, by slot
+    #: per-tariff register deltas x ratio, by slot (DL/T 645 00010100..00010400).  Used
+    #: instead of ``energy_wh`` when every piece of the interval is time-of-use.
+    slot_wh: Mapping[int, int] | None = None
     estimated: bool = False  #: spans a communication gap: lines are marked estimated
 
 
@@ -133,6 +135,8 @@ def rate(
     :mod:`gateway.fastpath` loaded).
     Raises ValueError for a negative energy or an interval that ends before it starts.
     """
+    if interval.t0.tzinfo is None or interval.t1.tzinfo is None:
+        raise ValueError(f"meter {state.meter_id}: interval times must be timezone-aware")
     t0, t1 = interval.t0.astimezone(UTC), interval.t1.astimezone(UTC)
     if t1 < t0:
         raise ValueError(f"meter {state.meter_id}: interval ends before it starts")
@@ -143,9 +147,8 @@ def rate(
     year_end = state.year_end.astimezone(UTC) if state.year_end is not None else None
     extra = [year_end] if year_end is not None and t0 < year_end < t1 else []
     pieces = _pieces(state.tariff_id, t0, t1, book, extra)
-    use_registers = slot_wh is not None and all(p.slot is not None for p in pieces)
-    if use_registers:
-        assert slot_wh is not None
+    use_registers = bool(slot_wh) and all(p.slot is not None for p in pieces)
+    if slot_wh and use_registers:
         energies = _by_registers(pieces, slot_wh)
     else:
         energies = _apportion(interval.energy_wh, [_us(p.t1 - p.t0) for p in pieces])
