@@ -284,3 +284,13 @@ def test_naive_times_are_refused_and_empty_registers_mean_none(engine: ModuleTyp
     iv = Interval(at(2026, 3, 2, 21), at(2026, 3, 2, 22), 1000, slot_wh={2: 900})
     r = rate(state("flat"), iv, BOOK, engine=engine)
     assert summary(r.lines) == [("flat", 1, "flat", 1000, 6128)] and r.lines[0].apportioned
+
+
+def test_lines_are_not_joined_across_the_yearly_reset(engine: ModuleType) -> None:
+    # flat tariff, 1000 Wh over 23:00 -> 01:00 across the reset: two lines of 500 Wh
+    # (flat version 2, 0.6500 yuan/kWh) 500 x 6500 / 1000 = 3250 each, on one accumulator:
+    # cum 1000 Wh -> 6500, minus 3250 posted = 3250
+    st = state("flat", year_wh=77, year_end=at(2027, 1, 1))
+    r = rate(st, Interval(at(2026, 12, 31, 23), at(2027, 1, 1, 1), 1000), BOOK, engine=engine)
+    assert summary(r.lines) == [("flat", 2, "flat", 500, 3250), ("flat", 2, "flat", 500, 3250)]
+    assert r.lines[0].t1 == at(2027, 1, 1).astimezone(UTC) and r.state.year_wh == 500

@@ -133,7 +133,8 @@ def rate(
     communication gap: its lines are marked estimated (as are those of an interval
     flagged so).  ``engine`` is a fast-path module (default: the one
     :mod:`gateway.fastpath` loaded).
-    Raises ValueError for a negative energy or an interval that ends before it starts.
+    ``state`` is not changed.  Raises ValueError for naive times, a negative energy or
+    an interval that ends before it starts; KeyError when no tariff version is in force.
     """
     if interval.t0.tzinfo is None or interval.t1.tzinfo is None:
         raise ValueError(f"meter {state.meter_id}: interval times must be timezone-aware")
@@ -157,7 +158,7 @@ def rate(
     estimated = interval.estimated or gap
     totals = dict(state.totals)
     lines: list[ChargeLine] = []
-    for piece, key, a, b, energy in _merge(parts):
+    for piece, key, a, b, energy in _merge(parts, year_end):
         tariff = piece.tariff
         price = _price(tariff, key)
         seg: SegmentKey = (tariff.id, tariff.version, key)
@@ -300,15 +301,17 @@ def _tier_split(
 
 
 def _merge(
-    parts: list[tuple[_Piece, str, datetime, datetime, int]],
+    parts: list[tuple[_Piece, str, datetime, datetime, int]], year_end: datetime | None
 ) -> list[tuple[_Piece, str, datetime, datetime, int]]:
-    """Join neighbours of one version and key (across midnight); drop empty parts."""
+    """Join neighbours of one version and key (across midnight, not across the yearly
+    tier reset); drop empty parts."""
     out: list[tuple[_Piece, str, datetime, datetime, int]] = []
     for part in parts:
         piece, key, a, b, energy = part
         if out:
             prev = out[-1]
-            if prev[0].tariff is piece.tariff and prev[1] == key and prev[3] == a:
+            same = prev[0].tariff is piece.tariff and prev[1] == key
+            if same and prev[3] == a != year_end:
                 out[-1] = (prev[0], key, prev[2], b, prev[4] + energy)
                 continue
         out.append(part)
