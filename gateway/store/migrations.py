@@ -132,3 +132,29 @@ def _outbox(db: Database) -> None:
         " records INTEGER NOT NULL, payload BLOB NOT NULL,"
         " sent_count INTEGER NOT NULL DEFAULT 0, acked INTEGER NOT NULL DEFAULT 0)"
     )
+
+
+@JOURNAL(3, "accounts and ledger")
+def _ledger(db: Database) -> None:
+    # The ledger is money: never deleted, so its rowid (the entry id, its position) only
+    # grows.  Every row but a charge (kind 1) carries a unique reference: a top-up's id is
+    # applied once, an adjustment's key once; ``reverses`` names the entry a reversal
+    # cancels, once.  ``accounts.balance`` always equals the sum of its ledger amounts.
+    for statement in (
+        "CREATE TABLE accounts (id TEXT PRIMARY KEY,"
+        " type TEXT NOT NULL CHECK (type IN ('prepaid', 'postpaid', 'unbilled')),"
+        " trip_on_arrears INTEGER NOT NULL, balance INTEGER NOT NULL DEFAULT 0,"
+        " opened_day TEXT NOT NULL, opened_ms INTEGER NOT NULL)",
+        "CREATE TABLE ledger (id INTEGER PRIMARY KEY, account TEXT NOT NULL"
+        " REFERENCES accounts (id), ts_ms INTEGER NOT NULL, kind INTEGER NOT NULL,"
+        " amount INTEGER NOT NULL, balance_after INTEGER NOT NULL, reference TEXT NOT NULL,"
+        " tariff_version INTEGER NOT NULL DEFAULT 0, meter TEXT, reason TEXT NOT NULL"
+        " DEFAULT '', authorisation TEXT NOT NULL DEFAULT '', operator TEXT NOT NULL"
+        " DEFAULT '', reverses INTEGER REFERENCES ledger (id))",
+        "CREATE UNIQUE INDEX ledger_reference ON ledger (reference) WHERE kind <> 1",
+        "CREATE UNIQUE INDEX ledger_reverses ON ledger (reverses) WHERE reverses IS NOT NULL",
+        "CREATE INDEX ledger_account ON ledger (account, id)",
+        "ALTER TABLE outbox ADD COLUMN ledger_from INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE outbox ADD COLUMN ledger_to INTEGER NOT NULL DEFAULT 0",
+    ):
+        db.execute(statement)

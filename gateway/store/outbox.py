@@ -7,7 +7,8 @@ when it is built, so a re-send is byte-identical.  Live batches take the newest
 records; when more than ``live_threshold`` readings wait unsent (after an outage)
 the live batch jumps to the newest readings and the gap left behind is *backlog*,
 built into batches of readings by :meth:`Outbox.build` ``backlog=n`` at the pace its
-caller chooses.  Events, task results and health always go in order in live batches.
+caller chooses.  Events, task results, health and ledger entries always go in order in
+live batches.
 
 When the master acknowledges the highest contiguous sequence number it stored,
 :meth:`Outbox.acknowledge` marks those batches, raises each kind's acknowledged mark
@@ -26,20 +27,30 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from gateway.protocols.batch import Batch, HealthRecord, MeterEvent, TaskResult, encode_batch
+from gateway.protocols.batch import (
+    Batch,
+    HealthRecord,
+    LedgerEntry,
+    MeterEvent,
+    TaskResult,
+    encode_batch,
+)
 from gateway.protocols.quantities import Reading
 from gateway.store.db import ReadConnection
 from gateway.store.journal import Kind, decode_row
+from gateway.store.ledger import LEDGER, entry
 from gateway.store.store import Store, wall_ms
 
 __all__ = ["Built", "Outbox", "OutboxEntry", "OutboxReader"]
 
-_KINDS = (Kind.READINGS, Kind.EVENTS, Kind.TASKS, Kind.HEALTH)
+_KINDS: tuple[str, ...] = (Kind.READINGS, Kind.EVENTS, Kind.TASKS, Kind.HEALTH, LEDGER)
+"""Record kinds a batch carries: the journal's and the ledger (``acked`` key "ledger")."""
 _COLUMN = {
     Kind.READINGS: "readings",
     Kind.EVENTS: "events",
     Kind.TASKS: "tasks",
     Kind.HEALTH: "health",
+    LEDGER: "ledger",
 }
 _RANGES = ", ".join(f"{_COLUMN[k]}_from, {_COLUMN[k]}_to" for k in _KINDS)
 _SELECT = {
@@ -52,6 +63,8 @@ _SELECT = {
     " ORDER BY t.id",
     Kind.HEALTH: "SELECT h.id, h.ts_ms, h.kind, h.vals FROM health h"
     " WHERE h.id > ? AND h.id <= ? ORDER BY h.id",
+    LEDGER: "SELECT id, account, ts_ms, kind, amount, balance_after, reference, tariff_version"
+    " FROM ledger WHERE id > ? AND id <= ? ORDER BY id",
 }
 
 Range = tuple[int, int]
@@ -60,7 +73,7 @@ Range = tuple[int, int]
 @dataclass(frozen=True, slots=True)
 class _Row:
     seq: int
-    ranges: dict[Kind, Range]
+    ranges: dict[str, Range]
     acked: bool
 
 
@@ -112,7 +125,7 @@ class Outbox:
 
     def acknowledge(
         self, epoch: int, highest_contiguous: int, sent: Mapping[int, int] | None = None
-    ) -> Future[dict[Kind, int]]:
+    ) -> Future[dict[str, int]]:
         """The master stored every batch of ``epoch`` up to ``highest_contiguous``.
 
         ``sent`` adds publish counts per seq.  The future gives each kind's mark now in
@@ -120,7 +133,7 @@ class Outbox:
         """
         counts = dict(sent or {})
 
-        def run(db: Database) -> dict[Kind, int]:
+        def run(db: Database) -> dict[str, int]:
             _add_sent(db, counts)
             if epoch == _meta_int(db, "epoch"):
                 db.execute("UPDATE outbox SET acked = 1 WHERE seq <= ?", (highest_contiguous,))
@@ -149,7 +162,7 @@ class Outbox:
         total = 0
         size = self.batch_size
         for _ in range(live):
-            ranges: dict[Kind, Range] = {}
+            ranges: dict[str, Range] = {}
             waiting = _ids_after(db, Kind.READINGS, high[Kind.READINGS], self.live_threshold + 1)
             if len(waiting) > self.live_threshold:  # backlog: leave the gap, take the newest
                 newest = [
@@ -198,13 +211,16 @@ class Outbox:
         return Built(tuple(made_live), tuple(made_backlog), total)
 
     def _insert(
-        self, db: Database, seq: int, ranges: dict[Kind, Range], meta: dict[Any, Any]
+        self, db: Database, seq: int, ranges: dict[str, Range], meta: dict[Any, Any]
     ) -> int:
-        records: dict[Kind, list[Any]] = {}
+        records: dict[str, list[Any]] = {}
         for kind in _KINDS:
             lo, hi = ranges[kind]
             rows = db.execute(_SELECT[kind], (lo, hi)).fetchall() if hi > lo else []
-            records[kind] = [decode_row(kind, tuple(row))[1] for row in rows]
+            if kind == LEDGER:
+                records[kind] = [entry(tuple(row)) for row in rows]
+            else:
+                records[kind] = [decode_row(Kind(kind), tuple(row))[1] for row in rows]
         batch = Batch(
             gateway_id=str(meta["gateway_id"]),
             epoch=int(meta["epoch"]),
@@ -213,12 +229,13 @@ class Outbox:
             events=tuple(r for r in records[Kind.EVENTS] if isinstance(r, MeterEvent)),
             tasks=tuple(r for r in records[Kind.TASKS] if isinstance(r, TaskResult)),
             health=tuple(r for r in records[Kind.HEALTH] if isinstance(r, HealthRecord)),
+            ledger=tuple(r for r in records[LEDGER] if isinstance(r, LedgerEntry)),
         )
         count = sum(len(v) for v in records.values())
         flat = [v for k in _KINDS for v in ranges[k]]
         db.execute(
             f"INSERT INTO outbox (seq, created_ms, {_RANGES}, records, payload)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f" VALUES (?, ?, {', '.join('?' * len(flat))}, ?, ?)",
             (seq, self.now_ms(), *flat, count, encode_batch(batch)),
         )
         return count
@@ -241,20 +258,20 @@ def _rows(db: Database) -> list[_Row]:
     return out
 
 
-def _marks(db: Database) -> dict[Kind, int]:
+def _marks(db: Database) -> dict[str, int]:
     got = dict(db.execute("SELECT kind, up_to FROM acked").fetchall())
     return {k: int(got.get(str(k), 0)) for k in _KINDS}
 
 
 def _ids_after(
-    db: Database, kind: Kind, after: int, limit: int, up_to: int | None = None
+    db: Database, kind: str, after: int, limit: int, up_to: int | None = None
 ) -> list[int]:
     top = "" if up_to is None else f" AND id <= {int(up_to)}"
     sql = f"SELECT id FROM {kind} WHERE id > ?{top} ORDER BY id LIMIT ?"
     return [int(r[0]) for r in db.execute(sql, (after, limit)).fetchall()]
 
 
-def _count(db: Database, kind: Kind, r: Range) -> int:
+def _count(db: Database, kind: str, r: Range) -> int:
     if not _nonempty(r):
         return 0
     sql = f"SELECT count(*) FROM {kind} WHERE id > ? AND id <= ?"
@@ -284,7 +301,7 @@ def _add_sent(db: Database, counts: Mapping[int, int]) -> None:
     )
 
 
-def _advance_marks(db: Database) -> dict[Kind, int]:
+def _advance_marks(db: Database) -> dict[str, int]:
     """Raise each kind's acknowledged mark over acknowledged batches without a hole;
     delete batches wholly below the marks.  The marks in force."""
     rows = _rows(db)
@@ -336,7 +353,7 @@ class OutboxReader(ReadConnection):
         held = {e.seq for e in self.pending()}
         return [s for s in seqs if s in held]
 
-    def unsent(self, limit: int = 1_000_000) -> dict[Kind, int]:
+    def unsent(self, limit: int = 1_000_000) -> dict[str, int]:
         """Records of each kind above every batch and mark (what the next live batch
         takes), each count capped at ``limit`` (counting stops there)."""
         rows = self._all(f"SELECT {_RANGES} FROM outbox")
