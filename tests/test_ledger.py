@@ -13,7 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlite_utils import Database
 
+from gateway.config.model import Account
 from gateway.errors import StoreError
+from gateway.master.store import MasterStore
 from gateway.protocols.batch import LedgerEntry, decode_batch
 from gateway.protocols.quantities import Quantity, Reading
 from gateway.store import Kind, Store
@@ -30,6 +32,7 @@ from gateway.store.ledger import (
     check_balances,
     ensure_account,
     post_charges,
+    sync_accounts,
     vacancy_exceptions,
 )
 from gateway.store.migrations import JOURNAL
@@ -365,3 +368,39 @@ def test_ledger_entries_travel_in_batches_and_are_never_pruned(store: Store) -> 
         assert len(reader.entries()) == 6
         assert reader.balance("A") == sum(1000 + i for i in range(5)) + 7
     assert ledger.check().result(10) == []
+
+
+def test_sync_accounts_from_the_config_adds_the_vacancy_account_and_keeps_money() -> None:
+    db = memory_db()
+    config = [
+        Account("A", "postpaid", "flat", trip_on_arrears=False),  # A changes type
+        Account("shop-9", "prepaid", "tou", trip_on_arrears=True),
+    ]
+    with db.atomic():
+        apply_top_up(db, top("t1", 123))
+        rows = sync_accounts(db, config, opened_day=date(2024, 7, 1), opened_ms=T0 + 1)
+    assert [(r.id, r.type, r.trip_on_arrears, r.balance) for r in rows] == [
+        ("A", "postpaid", False, 123),  # balance and opening day kept
+        ("shop-9", "prepaid", True, 0),
+        (VACANCY, "postpaid", False, 0),
+    ]
+    assert rows[0].opened_day == DAY and rows[1].opened_day == date(2024, 7, 1)
+    assert balance_of(db, "U") == 0  # an account no longer configured is kept
+
+
+def test_the_master_stores_the_ledger_entries_of_a_batch(store: Store, tmp_path: Path) -> None:
+    ledger = Ledger(store)
+    ledger.open_account("A", "prepaid", trip_on_arrears=True, opened_day=DAY, opened_ms=T0).result(
+        10
+    )
+    ledger.top_up(top("t1", 5000)).result(10)
+    ledger.charge([Charge("A", T0 + 5, 1234, "r9", 4)]).result(10)
+    Outbox(store).build().result(10)
+    with OutboxReader(store.path) as reader:
+        payload = reader.payload(1) or b""
+    with MasterStore.open(tmp_path / "master.db", now_ms=lambda: T0) as master:
+        master.store_batch(decode_batch(payload), received_ms=T0, size=len(payload))
+        assert master.ledger("gw-t") == [
+            LedgerEntry(1, "A", T0, EntryKind.TOP_UP, 5000, 5000, "t1", 0),
+            LedgerEntry(2, "A", T0 + 5, EntryKind.CHARGE, -1234, 3766, "r9", 4),  # 5000 - 1234
+        ]

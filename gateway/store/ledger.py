@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from sqlite_utils import Database
 
+from gateway.config.model import Account
 from gateway.errors import StoreError
 from gateway.protocols.batch import LedgerEntry
 from gateway.store.db import ReadConnection
@@ -49,6 +50,7 @@ __all__ = [
     "entry",
     "post",
     "post_charges",
+    "sync_accounts",
     "vacancy_exceptions",
 ]
 
@@ -209,6 +211,37 @@ def ensure_account(
     found = _account(db, account)
     assert found is not None
     return found
+
+
+def sync_accounts(
+    db: Database, accounts: Iterable[Account], *, opened_day: date, opened_ms: int
+) -> list[AccountRow]:
+    """Create or update the configured accounts and :data:`VACANCY` (postpaid, no trip),
+    in the caller's transaction; their rows.  An account no longer configured is kept
+    (its money and ledger stay)."""
+    rows = [
+        ensure_account(
+            db,
+            a.id,
+            a.type,
+            trip_on_arrears=a.trip_on_arrears,
+            opened_day=opened_day,
+            opened_ms=opened_ms,
+        )
+        for a in accounts
+        if a.id != VACANCY
+    ]
+    rows.append(
+        ensure_account(
+            db,
+            VACANCY,
+            "postpaid",
+            trip_on_arrears=False,
+            opened_day=opened_day,
+            opened_ms=opened_ms,
+        )
+    )
+    return rows
 
 
 def _account(db: Database, account: str) -> AccountRow | None:
@@ -479,6 +512,17 @@ class Ledger:
                 opened_day=opened_day,
                 opened_ms=opened_ms,
             )
+
+        return self.store.writer.call(run, durable=True)
+
+    def sync_accounts(
+        self, accounts: Iterable[Account], *, opened_day: date, opened_ms: int
+    ) -> Future[list[AccountRow]]:
+        """:func:`sync_accounts` in one durable transaction."""
+        items = list(accounts)
+
+        def run(db: Database) -> list[AccountRow]:
+            return sync_accounts(db, items, opened_day=opened_day, opened_ms=opened_ms)
 
         return self.store.writer.call(run, durable=True)
 
