@@ -31,6 +31,7 @@ from gateway.store.ledger import (
     balance_of,
     check_balances,
     ensure_account,
+    journal_with_charges,
     post_charges,
     sync_accounts,
     vacancy_exceptions,
@@ -404,3 +405,34 @@ def test_the_master_stores_the_ledger_entries_of_a_batch(store: Store, tmp_path:
             LedgerEntry(1, "A", T0, EntryKind.TOP_UP, 5000, 5000, "t1", 0),
             LedgerEntry(2, "A", T0 + 5, EntryKind.CHARGE, -1234, 3766, "r9", 4),  # 5000 - 1234
         ]
+
+
+def test_a_reading_and_its_charges_commit_together_or_not_at_all(store: Store) -> None:
+    ledger = Ledger(store)
+    ledger.open_account("A", "prepaid", trip_on_arrears=True, opened_day=DAY, opened_ms=T0).result(
+        10
+    )
+    reading = Reading("m1", T0, {Quantity.ENERGY_IMPORT: 1500})
+    position, entries = ledger.journal_with_charges(
+        reading, [Charge("A", T0, 880, "m1@1", 1, "m1")]
+    ).result(10)
+    assert position == 1 and [(e.amount, e.balance_after) for e in entries] == [(-880, -880)]
+    # a charge to an unknown account: the reading is not journaled either
+    bad = ledger.journal_with_charges(reading, [Charge("ghost", T0, 1, "m1@2")])
+    with pytest.raises(StoreError, match="no account"):
+        bad.result(10)
+    store.submit(Reading("m2", T0, {}))  # the writer's own meter numbers stay consistent
+    assert store.flush(10)
+    with store.reader() as reader:
+        assert [(p, r.meter) for p, r in reader.readings()] == [(1, "m1"), (2, "m2")]
+    with LedgerReader(store.path) as reader:
+        assert reader.balance("A") == -880
+
+
+def test_journal_with_charges_in_memory_names_meters_once() -> None:
+    db = memory_db()
+    with db.atomic():
+        journal_with_charges(db, Reading("m1", T0, {}), [])
+        journal_with_charges(db, Reading("m1", T0 + 1, {}), [Charge("A", T0, 2, "x")])
+    assert db.execute("SELECT count(*) FROM meters").fetchone()[0] == 1
+    assert db.execute("SELECT count(*) FROM readings").fetchone()[0] == 2

@@ -28,6 +28,7 @@ from gateway.config.model import Account
 from gateway.errors import StoreError
 from gateway.protocols.batch import LedgerEntry
 from gateway.store.db import ReadConnection
+from gateway.store.journal import INSERT_SQL, Record, encode
 from gateway.store.store import Store
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "check_balances",
     "ensure_account",
     "entry",
+    "journal_with_charges",
     "post",
     "post_charges",
     "sync_accounts",
@@ -450,6 +452,21 @@ def post_charges(db: Database, charges: Iterable[Charge]) -> list[LedgerEntry]:
     return out
 
 
+def journal_with_charges(
+    db: Database, record: Record, charges: Iterable[Charge]
+) -> tuple[int, list[LedgerEntry]]:
+    """Journal ``record`` (a reading) and post the charges it causes, in the caller's
+    transaction: both or neither.  (its position, the entries)."""
+    row = encode(record)
+    params = row.params
+    if row.meter is not None:
+        db.execute("INSERT OR IGNORE INTO meters (name) VALUES (?)", (row.meter,))
+        number = db.execute("SELECT id FROM meters WHERE name = ?", (row.meter,)).fetchone()[0]
+        params = (int(number), *params)
+    position = int(db.execute(INSERT_SQL[row.kind], params).lastrowid or 0)
+    return position, post_charges(db, charges)
+
+
 def check_balances(db: Database) -> list[Mismatch]:
     """Recompute every balance from the ledger; the accounts that disagree."""
     out: list[Mismatch] = []
@@ -545,6 +562,17 @@ class Ledger:
 
         def run(db: Database) -> list[LedgerEntry]:
             return post_charges(db, items)
+
+        return self.store.writer.call(run, durable=True)
+
+    def journal_with_charges(
+        self, record: Record, charges: Iterable[Charge]
+    ) -> Future[tuple[int, list[LedgerEntry]]]:
+        """:func:`journal_with_charges` in one durable transaction."""
+        items = list(charges)
+
+        def run(db: Database) -> tuple[int, list[LedgerEntry]]:
+            return journal_with_charges(db, record, items)
 
         return self.store.writer.call(run, durable=True)
 
