@@ -118,3 +118,56 @@ def test_a_committed_top_up_survives_a_kill_right_after_its_acknowledgement(
         assert again.duplicate
     with LedgerReader(path) as reader:
         assert reader.balance("A") == 1000
+
+
+READINGS_CHILD = textwrap.dedent(
+    """
+    import sys
+    from datetime import date
+    from gateway.protocols.quantities import Quantity, Reading
+    from gateway.store import Store
+    from gateway.store.ledger import Charge, Ledger
+
+    store = Store.open(sys.argv[1], gateway_id="gw-kill", max_delay=0.01)
+    ledger = Ledger(store)
+    ledger.open_account(
+        "A", "prepaid", trip_on_arrears=True, opened_day=date(2024, 6, 1), opened_ms=0
+    ).result(30)
+    print("ready", flush=True)
+    for i in range(10_000):
+        reading = Reading("m1", i, {Quantity.ENERGY_IMPORT: i})
+        ledger.journal_with_charges(reading, [Charge("A", i, 7, f"m1@{i}", 1, "m1")]).result(30)
+        print(i, flush=True)
+    """
+)
+
+
+def test_sigkill_while_posting_readings_leaves_no_reading_without_its_charge(
+    tmp_path: Path,
+) -> None:
+    rng = random.Random(7)
+    path = tmp_path / "gw.db"
+    for _ in range(3):
+        child = subprocess.Popen(
+            [sys.executable, "-c", READINGS_CHILD, str(path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "ready"
+        for _ in range(rng.randint(1, 40)):
+            child.stdout.readline()
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+        child.stdout.close()
+    conn = sqlite3.connect(path)
+    try:
+        readings = conn.execute("SELECT count(*) FROM readings").fetchone()[0]
+        charges = conn.execute("SELECT count(*), sum(amount) FROM ledger WHERE kind = 1").fetchone()
+        balance = conn.execute("SELECT balance FROM accounts WHERE id = 'A'").fetchone()[0]
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        conn.close()
+    # each run restarts at reading 0: every reading journaled has its one charge of 7
+    assert readings >= 3 and charges == (readings, -7 * readings) and balance == -7 * readings
