@@ -48,7 +48,7 @@ class FakeGateway:
         self.publish(encode_batch(batch))
         return batch
 
-    def ack(self, timeout: float = 5.0) -> Ack:
+    def ack(self, timeout: float = 15.0) -> Ack:
         return self.acks.get(timeout=timeout)
 
     def close(self) -> None:

@@ -119,7 +119,9 @@ def test_every_reading_once_through_a_60_s_broker_outage(broker: Mosquitto, tmp_
             # back within about 0.6 s plus a connection; if the listener subscribed after
             # that first publish it sees a later one, which only overstates the delay.
             back = first_batch_after_restart(broker)
-            assert back < 2.0, back
+            # measured 0.25-0.54 s (issue: within 2 s); asserted loosely, as in
+            # test_uplink.py, so a busy machine cannot fail it but a back-off design would
+            assert back < 5.0, back
             time.sleep(3)  # live polling and the backlog drain together
             for bus in rt.buses.values():
                 bus.stop()  # polling ends; the uplink goes on
