@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import socket
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -132,6 +133,10 @@ def _watch(runtime: Runtime, master: Master, seconds: float) -> None:
 
 
 def _view(runtime: Runtime, master: Master) -> None:
+    """One screen: redrawn in place on a terminal, a block of lines otherwise (logs, tests)."""
+    if sys.stdout.isatty():
+        print("\033[H\033[J", end="")  # cursor home, clear the screen
+        _say(f"gateway demo ({time.strftime('%H:%M:%S')}), Ctrl-C stops it")
     status = runtime.status()
     tasks = status.get("tasks") or {}
     buses = status["buses"]
@@ -185,8 +190,8 @@ def _settle(runtime: Runtime, master: Master, master_db: Path, timeout: float = 
     if runtime.store is not None:
         runtime.store.flush(10)
     readings = _journal(runtime.store_path)
-    _say(f"journal: {len(readings)} readings")
     if not readings:
+        _say("journal: no readings")
         return 1
     want = Counter(_key(r) for r in readings)
     deadline = time.monotonic() + timeout
@@ -199,6 +204,7 @@ def _settle(runtime: Runtime, master: Master, master_db: Path, timeout: float = 
         time.sleep(0.5)
     _view(runtime, master)
     ok = got == want
+    _say(f"journal: {len(readings)} readings")
     _say(
         f"master: {sum(got.values())} readings stored, "
         + ("each once, all equal to the journal" if ok else "MISMATCH with the journal")
