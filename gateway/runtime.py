@@ -25,15 +25,18 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from zoneinfo import ZoneInfo
 
 from gateway import __version__
+from gateway.charging import Charger
 from gateway.clock import Clock, SystemClock
 from gateway.config import GatewayConfig
 from gateway.drivers.bus import Bus
 from gateway.drivers.registry import make_driver
-from gateway.poller import Poller, PollSettings
+from gateway.poller import Journal, Poller, PollSettings
 from gateway.protocols.batch import HealthKind, HealthRecord
 from gateway.status import DEFAULT_SOCKET, StatusServer
+from gateway.store.ledger import Ledger
 from gateway.store.store import Store
 from gateway.store.writer import StoreWriter
 from gateway.tasks.attach import Calendar, attach
@@ -62,8 +65,11 @@ class Runtime:
         reopen_max: float = 5.0,
         calendar: bool = False,
         uplink: bool | UplinkSettings = False,
+        charging: bool = False,
     ) -> None:
-        """``uplink``: publish the journal to the configured broker (True, or settings)."""
+        """``uplink``: publish the journal to the configured broker (True, or settings).
+        ``charging``: post each billed meter's charges with its reading
+        (:class:`~gateway.charging.Charger`; the config's accounts synced first)."""
         self.config = config
         self.clock: Clock = clock or SystemClock(config.timezone)
         self.settings = settings or PollSettings.from_config(config.polling)
@@ -76,6 +82,8 @@ class Runtime:
             uplink if isinstance(uplink, UplinkSettings) else UplinkSettings() if uplink else None
         )
         self.uplink: Uplink | None = None
+        self.charging = charging
+        self.charger: Charger | None = None
         self.store: Store | None = None
         self.writer: StoreWriter | None = None
         self.buses: dict[str, Bus] = {}
@@ -108,10 +116,19 @@ class Runtime:
         if store.report.unclean_stop:
             _logger.warning("the previous run did not stop cleanly (power loss or crash)")
         try:
+            journal: Journal = store.writer
+            if self.charging:
+                today = self.clock.now().astimezone(ZoneInfo(self.config.timezone)).date()
+                Ledger(store).sync_accounts(
+                    self.config.accounts, opened_day=today, opened_ms=self.now_ms()
+                ).result()
+                self.charger = Charger(store.writer, self.config)
+                journal = self.charger
+                self.add_status("charging", self.charger.status)
             for bus_config in self.config.serial_buses:
                 meters = self.config.meters_on(bus_config.name)
                 drivers = {m.id: make_driver(m, bus_config) for m in meters}
-                poller = Poller(bus_config.name, drivers, store.writer, self.clock, self.settings)
+                poller = Poller(bus_config.name, drivers, journal, self.clock, self.settings)
                 bus = Bus(
                     bus_config,
                     drivers,

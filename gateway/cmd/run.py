@@ -122,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
             status_socket=args.socket,
             calendar=True,
             uplink=not args.no_uplink,
+            charging=any(a.tariff is not None for a in config.accounts),
         )
         runtime.start()
         try:

@@ -158,3 +158,18 @@ def _ledger(db: Database) -> None:
         "ALTER TABLE outbox ADD COLUMN ledger_to INTEGER NOT NULL DEFAULT 0",
     ):
         db.execute(statement)
+
+
+@JOURNAL(4, "rating state")
+def _rating(db: Database) -> None:
+    # Per meter: the last rated reading (time, forward energy x ratio) and the rounding
+    # accumulators (CBOR list of [tariff, version, key, energy_wh, posted]); per account
+    # the billing-year consumption.  Written in the reading's own transaction.  A charge's
+    # reference (meter:position:line) is unique among charges: a replay cannot re-post.
+    for statement in (
+        "CREATE TABLE rating_state (meter TEXT PRIMARY KEY, last_ts_ms INTEGER NOT NULL,"
+        " last_energy_wh INTEGER NOT NULL, totals BLOB NOT NULL)",
+        "CREATE TABLE rating_year (account TEXT PRIMARY KEY, year_wh INTEGER NOT NULL)",
+        "CREATE UNIQUE INDEX ledger_charge_reference ON ledger (reference) WHERE kind = 1",
+    ):
+        db.execute(statement)
