@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from datetime import time
@@ -38,6 +39,7 @@ __all__ = [
     "integer",
     "number",
     "optional",
+    "read_file",
     "string",
     "suggest",
 ]
@@ -346,7 +348,10 @@ def number(low: float, high: float) -> Callable[[Node], float]:
         if node.tag == _TAG + "int":
             value: float = _construct_int(cast(ScalarNode, node))
         else:
-            value = float(_CONSTRUCTOR.construct_yaml_float(cast(ScalarNode, node)))
+            try:
+                value = float(_CONSTRUCTOR.construct_yaml_float(cast(ScalarNode, node)))
+            except ValueError:  # an explicit !!float tag on text that is not one
+                raise Invalid(f"must be a number, not {text!r}") from None
         if not math.isfinite(value):
             raise Invalid(f"must be a finite number, not {text!r}")
         _bounds(value, low, high)
@@ -414,3 +419,15 @@ def hhmm(node: Node) -> time:
     if not match or int(match[1]) > 23 or int(match[2]) > 59:
         raise Invalid(f'must be a time "HH:MM" from 00:00 to 23:59, not {node.value!r}')
     return time(int(match[1]), int(match[2]))
+
+
+def read_file(path: str | os.PathLike[str]) -> tuple[str, str]:
+    """``(text, name)`` of a UTF-8 configuration file; a located ConfigError otherwise."""
+    name = os.fspath(path)
+    try:
+        with open(name, encoding="utf-8") as f:
+            return f.read(), name
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text: {exc.reason}", file=name) from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror or exc}", file=name) from exc

@@ -379,3 +379,12 @@ def test_polling_section_errors_are_located(tmp_path: Path) -> None:
     messages = [str(e) for e in caught.value.errors]
     assert any(m.startswith(f"{bad}:{row}:15:") for m in messages), messages
     assert any(f"{bad}:{row + 1}:3:" in m and "fail_after" in m for m in messages), messages
+
+
+def test_a_float_tag_on_text_is_a_located_error() -> None:
+    # found by the mutation property: `!!float x` made the YAML constructor raise ValueError
+    text = EXAMPLE.replace("interval_s: 15", "interval_s: !!float x")
+    (error,) = errors_of(text)
+    line = next(i for i, t in enumerate(text.splitlines(), 1) if "!!float x" in t)
+    assert (error.line, error.column) == (line, 15)
+    assert "must be a number" in error.message

@@ -58,7 +58,7 @@ from gateway.config.sections import (
     read_uplink,
 )
 from gateway.errors import ConfigError
-from gateway.yamlloc import MapReader, Reader
+from gateway.yamlloc import MapReader, Reader, read_file
 
 __all__ = [
     "BAUD_RATES",
@@ -91,14 +91,7 @@ def example_config_path() -> Path:
 
 def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
     """Read and check a configuration file."""
-    name = os.fspath(path)
-    try:
-        with open(name, encoding="utf-8") as f:
-            text = f.read()
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"not UTF-8 text: {exc.reason}", file=name) from exc
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror or exc}", file=name) from exc
+    text, name = read_file(path)
     return parse_config(text, name)
 
 

@@ -8,6 +8,7 @@ the section's :class:`MapReader` so that references can be located later.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import fields
 from datetime import datetime, time
 from decimal import Decimal, InvalidOperation
@@ -51,6 +52,9 @@ from gateway.yamlloc import (
 
 __all__ = [
     "Item",
+    "baud_rate",
+    "digits",
+    "meter_address",
     "read_account",
     "read_bus",
     "read_console",
@@ -95,7 +99,7 @@ def _prefix(node: Node) -> str:
     return text
 
 
-def _baud(node: Node) -> int:
+def baud_rate(node: Node) -> int:
     value = integer()(node)
     if value not in BAUD_RATES:
         raise Invalid(f"must be one of {', '.join(map(str, BAUD_RATES))}, not {value}")
@@ -117,15 +121,26 @@ def _price(node: Node) -> int:
     raise Invalid(f"prices must be integers in 0.0001 yuan/kWh{hint} (got {describe(node)})")
 
 
-def _address(node: Node) -> str:
-    if isinstance(node, ScalarNode) and node.tag == "tag:yaml.org,2002:int":
-        raise Invalid(
-            f'write the address in quotes, like "{node.value.zfill(12)[-12:]}": '
-            "unquoted, YAML reads it as a number and leading zeros are lost"
-        )
-    text = string(node)
-    if len(text) != 12 or not text.isdigit() or not text.isascii():
-        raise Invalid(f"must be 12 decimal digits, not {text!r}")
+def digits(n: int, what: str) -> Callable[[Node], str]:
+    """A string of exactly ``n`` decimal digits (an unquoted number is refused: zeros lost)."""
+
+    def conv(node: Node) -> str:
+        if isinstance(node, ScalarNode) and node.tag == "tag:yaml.org,2002:int":
+            raise Invalid(
+                f'write the {what} in quotes, like "{node.value.zfill(n)[-n:]}": '
+                "unquoted, YAML reads it as a number and leading zeros are lost"
+            )
+        text = string(node)
+        if len(text) != n or not text.isdigit() or not text.isascii():
+            raise Invalid(f"must be {n} decimal digits, not {text!r}")
+        return text
+
+    return conv
+
+
+def meter_address(node: Node) -> str:
+    """A DL/T 645 meter address: 12 digits, quoted, not the broadcast address."""
+    text = digits(12, "address")(node)
     if text == "999999999999":
         raise Invalid("999999999999 is the broadcast address, not a meter's")
     return text
@@ -193,7 +208,7 @@ def read_bus(r: Reader, node: Node) -> Item:
     port = m.get("port", string)
     protocol = m.get("protocol", choice("dlt645", "modbus"))
     baud_default, parity_default = _LINE_DEFAULTS.get(protocol, (2400, "E"))
-    baud = m.get("baud", _baud, baud_default)
+    baud = m.get("baud", baud_rate, baud_default)
     data_bits = m.get("data_bits", integer(5, 8), 8)
     parity = m.get("parity", choice("N", "E", "O"), parity_default)
     stop_bits = m.get("stop_bits", integer(1, 2), 1)
@@ -216,7 +231,7 @@ def read_meter(r: Reader, node: Node) -> Item:
         "id": meter_id,
         "bus": m.get("bus", identifier),
         "name": m.get("name", string, meter_id or ""),
-        "address": m.get("address", _address, None),
+        "address": m.get("address", meter_address, None),
         "unit_id": m.get("unit_id", integer(1, 247), None),
         "profile": m.get("profile", identifier, None),
         "ct_ratio": m.get("ct_ratio", integer(1, 100_000), 1),
@@ -383,5 +398,5 @@ def read_console(r: Reader, node: Node | None) -> Console | None:
     m = MapReader(r, node, "console")
     m.expect(_keys(Console))
     port = m.get("port", optional(string), None)
-    baud = m.get("baud", _baud, Console().baud)
+    baud = m.get("baud", baud_rate, Console().baud)
     return Console(port, baud) if m.ok else None

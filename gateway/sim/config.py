@@ -19,13 +19,13 @@ from datetime import datetime, time
 from importlib import resources
 from pathlib import Path
 from typing import Any, cast
-from zoneinfo import ZoneInfo
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from gateway.clock import DEFAULT_TIMEZONE
+from gateway.config.sections import baud_rate, digits, meter_address, read_timezone
 from gateway.drivers import profiles
-from gateway.errors import ConfigError, ProfileError
+from gateway.errors import ProfileError
 from gateway.protocols.linetiming import LineSettings
 from gateway.sim.physics import Load, make_load
 from gateway.yamlloc import (
@@ -40,6 +40,7 @@ from gateway.yamlloc import (
     integer,
     number,
     optional,
+    read_file,
     string,
 )
 
@@ -58,7 +59,6 @@ __all__ = [
 ]
 
 DEFAULT_LINK_DIR = "/tmp/gateway-sim"
-BAUD_RATES = (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 _LINE_DEFAULTS: dict[str, tuple[int, str]] = {"dlt645": (2400, "E"), "modbus": (9600, "N")}
 _LOAD_KEYS = {
     "constant": ["watts"],
@@ -188,14 +188,7 @@ def example_sim_config_path() -> Path:
 
 def load_sim_config(path: str | os.PathLike[str], *, link_dir: str | None = None) -> SimConfig:
     """Read and check a SIM.yaml; ``link_dir`` overrides the file's."""
-    name = os.fspath(path)
-    try:
-        with open(name, encoding="utf-8") as f:
-            text = f.read()
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"not UTF-8 text: {exc.reason}", file=name) from exc
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror or exc}", file=name) from exc
+    text, name = read_file(path)
     return parse_sim_config(text, name, link_dir=link_dir)
 
 
@@ -234,35 +227,6 @@ def parse_sim_config(
 # -- converters -----------------------------------------------------------------------------
 
 
-def _baud(node: Node) -> int:
-    value = integer()(node)
-    if value not in BAUD_RATES:
-        raise Invalid(f"must be one of {', '.join(map(str, BAUD_RATES))}, not {value}")
-    return value
-
-
-def _digits(n: int, what: str) -> Any:
-    def conv(node: Node) -> str:
-        if isinstance(node, ScalarNode) and node.tag == "tag:yaml.org,2002:int":
-            raise Invalid(
-                f'write the {what} in quotes, like "{node.value.zfill(n)[-n:]}": '
-                "unquoted, YAML reads it as a number and leading zeros are lost"
-            )
-        text = string(node)
-        if len(text) != n or not text.isdigit() or not text.isascii():
-            raise Invalid(f"must be {n} decimal digits, not {text!r}")
-        return text
-
-    return conv
-
-
-def _address(node: Node) -> str:
-    text = cast(str, _digits(12, "address")(node))
-    if text == "999999999999":
-        raise Invalid("999999999999 is the broadcast address, not a meter's")
-    return text
-
-
 def _start(node: Node) -> datetime | None:
     if isinstance(node, ScalarNode) and node.value == "now":
         return None
@@ -279,15 +243,6 @@ def _start(node: Node) -> datetime | None:
     if value.tzinfo is None or value.utcoffset() is None:
         raise Invalid(f"needs a UTC offset, {example}")
     return value
-
-
-def _timezone(node: Node) -> str:
-    text = string(node)
-    try:
-        ZoneInfo(text)
-    except (ValueError, KeyError, OSError):
-        raise Invalid(f"unknown time zone {text!r} (an IANA name like Asia/Shanghai)") from None
-    return text
 
 
 def _ids(node: Node) -> tuple[str, ...]:
@@ -323,7 +278,7 @@ def _clock(r: Reader, node: Node | None) -> ClockConfig | None:
     m.expect(["start", "rate", "timezone"])
     start = m.get("start", _start, None)
     rate = m.get("rate", number(0.001, 1_000_000.0), 1.0)
-    tz = m.get("timezone", _timezone, DEFAULT_TIMEZONE)
+    tz = m.get("timezone", read_timezone, DEFAULT_TIMEZONE)
     return ClockConfig(start, rate, tz) if m.ok else None
 
 
@@ -344,7 +299,7 @@ def _bus(r: Reader, node: Node, link_dir: str) -> Item:
     protocol = m.get("protocol", choice("dlt645", "modbus"))
     baud_default, parity_default = _LINE_DEFAULTS.get(protocol, (9600, "N"))
     values: dict[str, Any] = {
-        "baud": m.get("baud", _baud, baud_default),
+        "baud": m.get("baud", baud_rate, baud_default),
         "data_bits": m.get("data_bits", integer(5, 8), 8),
         "parity": m.get("parity", choice("N", "E", "O"), parity_default),
         "stop_bits": m.get("stop_bits", integer(1, 2), 1),
@@ -440,9 +395,9 @@ def _meter(r: Reader, node: Node, protocols: Mapping[str, str]) -> Item:
             except ProfileError as exc:
                 m.blame("profile", f"profile: {exc}")
     elif protocol == "dlt645":
-        values["address"] = m.get("address", _address)
+        values["address"] = m.get("address", meter_address)
         values["protect"] = m.get("protect", boolean, False)
-        values["password"] = m.get("password", _digits(6, "password"), "000000")
+        values["password"] = m.get("password", digits(6, "password"), "000000")
         values["close_mode"] = m.get("close_mode", choice("button", "auto"), "button")
         values["preamble"] = m.get("preamble", integer(0, 4), 0)
     default_turnaround = profile.turnaround_ms if profile is not None else 50
@@ -458,7 +413,7 @@ def _meter(r: Reader, node: Node, protocols: Mapping[str, str]) -> Item:
             "load": None if load_node is None else _load(r, load_node),
             "energy_import_wh": m.get("energy_import_wh", integer(0, 999_999_999), 0),
             "energy_export_wh": m.get("energy_export_wh", integer(0, 999_999_999), 0),
-            "meter_number": m.get("meter_number", _digits(12, "meter number"), None),
+            "meter_number": m.get("meter_number", digits(12, "meter number"), None),
             "phases": m.get("phases", integer(1, 3), 3 if three else 1),
             "voltage_dv": m.get("voltage_dv", integer(1, 100_000), 2200),
             "frequency_chz": m.get("frequency_chz", integer(1, 100_000), 5000),
