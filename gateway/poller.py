@@ -175,7 +175,6 @@ class Poller:
             self.meters[meter_id] = state
         self.readings = 0
         self.events = 0
-        self.last_answer: float | None = None
 
     # --- Scheduler ----------------------------------------------------------------
 
@@ -208,7 +207,6 @@ class Poller:
         if not result.ok and result.cause in COMM_CAUSES:
             self._failed(state, result, now)
             return
-        self.last_answer = now
         if state.flagged:
             self._restored(state, now)
         state.failures = 0
@@ -273,7 +271,6 @@ class Poller:
         if not result.ok:
             state.number_due = now + max(self.settings.interval, 60.0)
             return
-        self.last_answer = now
         state.number_due = now + self.settings.number_check_every
         number = result.values.get(METER_NUMBER_DI)
         if not isinstance(number, str):
