@@ -251,5 +251,5 @@ class Runtime:
         if not self.started or store is None or not store.writer.stats().alive:
             return False
         return all(
-            bus._thread is not None and bus._thread.is_alive() for bus in self.buses.values()
+            bus.alive for bus in self.buses.values()
         )

@@ -139,6 +139,11 @@ class Bus:
             self._thread.start()
         return self
 
+    @property
+    def alive(self) -> bool:
+        """Whether the bus thread runs (the service watchdog asks)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def stop(self, timeout: float = 5.0) -> None:
         """Stop after the job in hand; queued jobs are cancelled; the port is closed."""
         with self._cond:
