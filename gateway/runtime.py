@@ -250,6 +250,4 @@ class Runtime:
         store = self.store
         if not self.started or store is None or not store.writer.stats().alive:
             return False
-        return all(
-            bus.alive for bus in self.buses.values()
-        )
+        return all(bus.alive for bus in self.buses.values())
