@@ -173,3 +173,20 @@ def _rating(db: Database) -> None:
         "CREATE UNIQUE INDEX ledger_charge_reference ON ledger (reference) WHERE kind = 1",
     ):
         db.execute(statement)
+
+
+@JOURNAL(5, "command replies")
+def _commands(db: Database) -> None:
+    # Every command that passed the envelope checks (signature, gateway, expiry) and was
+    # carried out, applied or failed, by its id, with the reply sent for it: a repeat of
+    # the id is answered from here and changes nothing.  Kept until ``keep_until_ms`` (well
+    # past the command's expiry, after which its envelope is refused anyway); never kept
+    # less.  ``meta`` key ``commands_issued_ms`` holds the newest issue time applied.
+    for statement in (
+        "CREATE TABLE commands (id BLOB PRIMARY KEY, kind INTEGER NOT NULL,"
+        " issued_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL,"
+        " applied_ms INTEGER NOT NULL, keep_until_ms INTEGER NOT NULL,"
+        " status INTEGER NOT NULL, reply BLOB NOT NULL)",
+        "CREATE INDEX commands_keep ON commands (keep_until_ms)",
+    ):
+        db.execute(statement)
