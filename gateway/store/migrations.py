@@ -190,3 +190,20 @@ def _commands(db: Database) -> None:
         "CREATE INDEX commands_keep ON commands (keep_until_ms)",
     ):
         db.execute(statement)
+
+
+@JOURNAL(6, "relay state")
+def _relays(db: Database) -> None:
+    # The relays' own memory (gateway.relays): an account's protect mode (保电) once a
+    # command set it (it then overrides the config's ``protect``), and per meter the relay
+    # position last commanded and whether the meter confirmed it, so that a restart can
+    # reconcile the meters with the ledger.  ``meta`` key ``relays_storm_ms`` holds the
+    # time a trip storm stopped tripping (absent: not stopped).
+    for statement in (
+        "CREATE TABLE relay_protect (account TEXT PRIMARY KEY, protect INTEGER NOT NULL,"
+        " ts_ms INTEGER NOT NULL)",
+        "CREATE TABLE relay_state (meter TEXT PRIMARY KEY, account TEXT,"
+        " position TEXT NOT NULL CHECK (position IN ('open', 'closed')),"
+        " confirmed INTEGER NOT NULL, balance INTEGER, ts_ms INTEGER NOT NULL)",
+    ):
+        db.execute(statement)
