@@ -117,3 +117,7 @@ class CommandRefused(GatewayError):
         self.reason = reason
         self.detail = detail
         super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class LifecycleRefused(GatewayError):
+    """A meter lifecycle operation was refused (unknown or removed meter, a repeat ...)."""

@@ -207,3 +207,28 @@ def _relays(db: Database) -> None:
         " confirmed INTEGER NOT NULL, balance INTEGER, ts_ms INTEGER NOT NULL)",
     ):
         db.execute(statement)
+
+
+@JOURNAL(7, "meter lifecycle and settlement")
+def _lifecycle(db: Database) -> None:
+    # meter_records: a meter's standing where the store knows better than the config
+    # (gateway.store.meters): removed, replaced (by ``replaced_by``), held (its number
+    # changed without a work order: no charge until confirmed) or active again.
+    # lifecycle_ops: each lifecycle operation once by its reference (a repeat is refused),
+    # with what it did (CBOR).  settlements: one snapshot per (kind, period, account),
+    # written once.
+    for statement in (
+        "CREATE TABLE meter_records (meter TEXT PRIMARY KEY, account TEXT,"
+        " status TEXT NOT NULL CHECK (status IN ('active', 'removed', 'replaced', 'held')),"
+        " ratio INTEGER NOT NULL DEFAULT 1, since_ms INTEGER NOT NULL,"
+        " replaced_by TEXT, replaces TEXT, reason TEXT NOT NULL DEFAULT '')",
+        "CREATE TABLE lifecycle_ops (id INTEGER PRIMARY KEY, reference TEXT NOT NULL UNIQUE,"
+        " kind TEXT NOT NULL, meter TEXT NOT NULL, ts_ms INTEGER NOT NULL, result BLOB NOT NULL)",
+        "CREATE TABLE settlements (id INTEGER PRIMARY KEY,"
+        " kind TEXT NOT NULL CHECK (kind IN ('monthly', 'yearly')), period TEXT NOT NULL,"
+        " account TEXT NOT NULL, at_ms INTEGER NOT NULL, taken_ms INTEGER NOT NULL,"
+        " balance INTEGER NOT NULL, ledger_id INTEGER NOT NULL, tariff TEXT,"
+        " tariff_version INTEGER, year_wh INTEGER, meters BLOB NOT NULL,"
+        " UNIQUE (kind, period, account))",
+    ):
+        db.execute(statement)

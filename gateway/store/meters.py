@@ -1,0 +1,103 @@
+"""A meter's standing where the store knows better than the configuration (migration 7).
+
+The configuration lists the meters and their accounts; the meter lifecycle
+(:mod:`gateway.lifecycle`) records here what happened since: a meter *removed* (no
+further charging), *replaced* by another (``replaced_by``), *held* (its nameplate number
+changed without a work order: its readings are journaled but not charged until a person
+confirms) or *active* again.  A meter with no row is as the configuration says.
+
+The functions run inside a transaction the caller owns (a ``StoreWriter.call``).
+:func:`chargeable` is what charging asks before rating a reading.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from sqlite_utils import Database
+
+from gateway.errors import StoreError
+
+__all__ = [
+    "MeterRecord",
+    "MeterStatus",
+    "chargeable",
+    "meter_records",
+    "record_of",
+    "set_record",
+]
+
+MeterStatus = Literal["active", "removed", "replaced", "held"]
+_STATUSES = ("active", "removed", "replaced", "held")
+_COLUMNS = "meter, account, status, ratio, since_ms, replaced_by, replaces, reason"
+
+
+@dataclass(frozen=True, slots=True)
+class MeterRecord:
+    """One meter's recorded standing."""
+
+    meter: str
+    account: str | None  #: the account it was charged to (a replacement: the old one's)
+    status: MeterStatus
+    ratio: int  #: CT x PT ratio in force (a CT change records the new one)
+    since_ms: int  #: when the status took effect
+    replaced_by: str | None = None  #: replaced: the meter that took its place
+    replaces: str | None = None  #: a replacement: the meter it took the place of
+    reason: str = ""
+
+
+def _record(row: tuple[object, ...]) -> MeterRecord:
+    meter, account, status, ratio, since, by, replaces, reason = row
+    if status not in _STATUSES:
+        raise StoreError(f"meter {meter}: unknown status {status!r}")
+    return MeterRecord(
+        str(meter),
+        None if account is None else str(account),
+        status,  # type: ignore[arg-type]
+        int(ratio),  # type: ignore[call-overload]
+        int(since),  # type: ignore[call-overload]
+        None if by is None else str(by),
+        None if replaces is None else str(replaces),
+        str(reason),
+    )
+
+
+def record_of(db: Database, meter: str) -> MeterRecord | None:
+    """The recorded standing of ``meter`` (None: as the configuration says)."""
+    row = db.execute(f"SELECT {_COLUMNS} FROM meter_records WHERE meter = ?", (meter,)).fetchone()
+    return None if row is None else _record(tuple(row))
+
+
+def meter_records(db: Database) -> list[MeterRecord]:
+    """Every recorded meter, by id."""
+    rows = db.execute(f"SELECT {_COLUMNS} FROM meter_records ORDER BY meter").fetchall()
+    return [_record(tuple(row)) for row in rows]
+
+
+def set_record(db: Database, record: MeterRecord) -> None:
+    """Write ``record`` (replacing the meter's earlier one)."""
+    if record.status not in _STATUSES:
+        raise StoreError(f"meter {record.meter}: unknown status {record.status!r}")
+    if type(record.ratio) is not int or record.ratio < 1:
+        raise StoreError(f"meter {record.meter}: ratio must be a positive integer")
+    db.execute(
+        f"INSERT OR REPLACE INTO meter_records ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            record.meter,
+            record.account,
+            record.status,
+            record.ratio,
+            record.since_ms,
+            record.replaced_by,
+            record.replaces,
+            record.reason,
+        ),
+    )
+
+
+def chargeable(db: Database, meter: str) -> bool:
+    """Whether a reading of ``meter`` may be rated and charged: not removed, replaced or
+    held (a meter with no record is chargeable)."""
+    row = db.execute("SELECT status FROM meter_records WHERE meter = ?", (meter,)).fetchone()
+    return row is None or row[0] == "active"
