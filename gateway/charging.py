@@ -30,6 +30,7 @@ account for meters with no tenant.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -52,7 +53,7 @@ from gateway.protocols.quantities import (
 from gateway.store.ledger import Charge, journal_with_charges, post_charges
 from gateway.store.writer import StoreWriter
 
-__all__ = ["Charged", "Charger", "RatingRow", "load_state", "post_reading"]
+__all__ = ["Billing", "Charged", "Charger", "RatingRow", "load_state", "post_reading", "save_state"]
 
 _logger = logging.getLogger(__name__)
 
@@ -76,7 +77,9 @@ class Charged:
 
 
 @dataclass(frozen=True, slots=True)
-class _Billing:
+class Billing:
+    """How one meter is billed: its account, tariff and register ratio."""
+
     meter: str
     account: str
     tariff: str
@@ -85,7 +88,7 @@ class _Billing:
     ratio: int
 
 
-def _encode_totals(totals: dict[SegmentKey, Running]) -> bytes:
+def _encode_totals(totals: Mapping[SegmentKey, Running]) -> bytes:
     rows = [[t, v, k, r.energy_wh, r.posted] for (t, v, k), r in sorted(totals.items())]
     return cbor2.dumps(rows)
 
@@ -112,14 +115,16 @@ def _year_wh(db: Database, account: str) -> int:
     return 0 if row is None else int(row[0])
 
 
-def _save(
-    db: Database, meter: str, ts_ms: int, energy: int, totals: dict[SegmentKey, Running]
+def save_state(
+    db: Database, meter: str, ts_ms: int, energy_wh: int, totals: Mapping[SegmentKey, Running]
 ) -> None:
+    """Persist ``meter``'s rating state (its last reading and rounding accumulators), in the
+    caller's transaction."""
     db.execute(
         "INSERT INTO rating_state (meter, last_ts_ms, last_energy_wh, totals) VALUES (?, ?, ?, ?)"
         " ON CONFLICT (meter) DO UPDATE SET last_ts_ms = excluded.last_ts_ms,"
         " last_energy_wh = excluded.last_energy_wh, totals = excluded.totals",
-        (meter, ts_ms, energy, _encode_totals(totals)),
+        (meter, ts_ms, energy_wh, _encode_totals(totals)),
     )
 
 
@@ -130,7 +135,7 @@ def _when(ts_ms: int) -> datetime:
 def post_reading(
     db: Database,
     reading: Reading,
-    billing: _Billing,
+    billing: Billing,
     book: TariffBook,
     *,
     engine: ModuleType | None = None,
@@ -143,13 +148,13 @@ def post_reading(
     prev = load_state(db, billing.meter)
     totals = prev.totals if prev is not None else {}
     if prev is None or reading.flags & FLAG_DISCONTINUITY:
-        _save(db, billing.meter, reading.ts_ms, energy, totals)
+        save_state(db, billing.meter, reading.ts_ms, energy, totals)
         return Charged(position, ())
     delta = energy - prev.last_energy_wh
     if delta < 0 and reading.flags & FLAG_ROLLOVER and billing.dlt645:
         delta += REGISTER_RANGE_WH * billing.ratio
     if delta < 0:  # a fall the poller did not flag: no credit, a new baseline
-        _save(db, billing.meter, reading.ts_ms, energy, totals)
+        save_state(db, billing.meter, reading.ts_ms, energy, totals)
         return Charged(position, ())
     t0 = _when(prev.last_ts_ms)
     t1 = max(t0, _when(reading.ts_ms))
@@ -168,14 +173,14 @@ def post_reading(
         rating = rate(state, Interval(t0, t1, delta), book, engine=engine)
     except KeyError as exc:  # no tariff version in force: stored, not charged
         _logger.warning("meter %s: not rated: %s", billing.meter, exc)
-        _save(db, billing.meter, reading.ts_ms, energy, totals)
+        save_state(db, billing.meter, reading.ts_ms, energy, totals)
         return Charged(position, ())
     db.execute(
         "INSERT INTO rating_year (account, year_wh) VALUES (?, ?) ON CONFLICT (account)"
         " DO UPDATE SET year_wh = excluded.year_wh",
         (billing.account, rating.state.year_wh),
     )
-    _save(db, billing.meter, reading.ts_ms, energy, dict(rating.state.totals))
+    save_state(db, billing.meter, reading.ts_ms, energy, dict(rating.state.totals))
     if billing.unbilled:
         return Charged(position, ())
     charges = [
@@ -206,7 +211,7 @@ class Charger:
         self.writer = writer
         self.book = book or TariffBook.from_config(config)
         self.engine = engine
-        self.billing: dict[str, _Billing] = {}
+        self.billing: dict[str, Billing] = {}
         accounts = {a.id: a for a in config.accounts}
         buses = {b.name: b for b in config.serial_buses}
         for meter in config.meters:
@@ -214,7 +219,7 @@ class Charger:
             if account is None or account.tariff is None:
                 continue
             bus = buses.get(meter.bus)
-            self.billing[meter.id] = _Billing(
+            self.billing[meter.id] = Billing(
                 meter.id,
                 account.id,
                 account.tariff,
@@ -232,7 +237,7 @@ class Charger:
             return
         self.post(record, billing)  # type: ignore[arg-type]
 
-    def post(self, reading: Reading, billing: _Billing) -> Future[Charged]:
+    def post(self, reading: Reading, billing: Billing) -> Future[Charged]:
         """Queue the reading's durable transaction; its future."""
 
         def run(db: Database) -> Charged:

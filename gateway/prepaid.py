@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from gateway.config.model import AccountType
+from gateway.config.model import AccountType, ThresholdsConfig
 
 __all__ = ["PrepaidState", "StateChange", "StateTracker", "Thresholds", "evaluate"]
 
@@ -48,6 +48,13 @@ class Thresholds:
             raise ValueError("alarm 2 must not be above alarm 1")
         if self.overdraft_limit < 0 or self.emergency_credit < 0:
             raise ValueError("overdraft limit and emergency credit must be >= 0")
+
+    @classmethod
+    def from_config(cls, cfg: ThresholdsConfig) -> Thresholds:
+        """The levels of ``billing.thresholds`` or an account's ``thresholds``."""
+        return cls(
+            cfg.alarm1, cfg.alarm2, cfg.overdraft_limit, cfg.close_allow, cfg.emergency_credit
+        )
 
 
 def evaluate(

@@ -206,7 +206,7 @@ def test_merge_keys_give_defaults_and_own_keys_win() -> None:
          "missing required key 'address' (meters on dlt645 bus 'bus-a' need it)"),
         ("    unit_id: 1\n", "    unit_id: 1\n    address: \"000000000009\"\n",
          19, 5, "address is for dlt645 meters, and bus 'bus-b' speaks modbus"),
-        ("    profile: sdm120\n", "", 16, 5, "missing required key 'profile'"),
+        ("    profile: generic\n", "", 16, 5, "missing required key 'profile'"),
         ("    type: prepaid\n", "    type: unbilled\n    trip_on_arrears: true\n",
          24, 22, "an unbilled account has no arrears"),
         ("    tariff: flat\n", "", 22, 5, "account 'acc1' is missing required key 'tariff'"),
@@ -388,3 +388,157 @@ def test_a_float_tag_on_text_is_a_located_error() -> None:
     line = next(i for i, t in enumerate(text.splitlines(), 1) if "!!float x" in t)
     assert (error.line, error.column) == (line, 15)
     assert "must be a number" in error.message
+
+
+# --- billing, account levels, relays, commands ---------------------------------------
+
+
+def _at(text: str, fragment: str) -> int:
+    """1-based line of the first line holding ``fragment``."""
+    return next(i for i, t in enumerate(text.splitlines(), 1) if fragment in t)
+
+
+def test_control_sections_default_when_absent() -> None:
+    from gateway.config import Billing, Commands, Relays, ThresholdsConfig
+
+    cfg = load_config(DATA / "good_minimal.yaml")
+    assert cfg.billing == Billing()
+    assert cfg.billing.year_start == (1, 1) and cfg.billing.settlement_day == 1
+    assert cfg.billing.vacancy_tariff is None and cfg.billing.hoarding_limit is None
+    assert cfg.billing.thresholds == ThresholdsConfig(200_000, 50_000, 0, 0, 100_000)
+    assert cfg.relays == Relays() and cfg.relays.close_mode == "allow"
+    assert (cfg.relays.storm_share_pct, cfg.relays.storm_window_s) == (30, 300)
+    assert cfg.commands == Commands() and cfg.commands.public_key is None
+    acc = cfg.account("acc1")
+    assert (acc.opened, acc.protect, acc.thresholds) == (None, False, None)
+
+
+def test_control_sections_are_read() -> None:
+    from datetime import date
+
+    from gateway.config import ThresholdsConfig
+    from gateway.prepaid import Thresholds
+
+    text = GOOD.replace(
+        "    type: prepaid\n",
+        "    type: prepaid\n    opened: 2026-03-15\n    protect: true\n"
+        "    thresholds: {alarm1: 90000, close_allow: 10000}\n",
+    ) + (
+        'billing:\n  year_start: "04-01"\n  settlement_day: 28\n  vacancy_tariff: flat\n'
+        "  hoarding_limit: 5000000\n  prorate_tiers: false\n"
+        '  holidays: [2026-10-02, "2026-10-01"]\n'
+        "  thresholds: {alarm1: 100000, alarm2: 20000, overdraft_limit: 5000}\n"
+        'relays:\n  close_mode: direct\n  quiet_hours: {from: "22:00", to: "07:00"}\n'
+        "  storm: {share_pct: 50, min_accounts: 2}\n  confirm_delay_s: 0.5\n"
+    )
+    cfg = parse_config(text)
+    b = cfg.billing
+    assert (b.year_start, b.settlement_day, b.vacancy_tariff) == ((4, 1), 28, "flat")
+    assert (b.hoarding_limit, b.prorate_tiers) == (5_000_000, False)
+    assert b.holidays == (date(2026, 10, 1), date(2026, 10, 2))  # sorted
+    # unwritten levels are the built-in defaults (close_allow 0, emergency credit 10 yuan)
+    assert b.thresholds == ThresholdsConfig(100_000, 20_000, 5_000, 0, 100_000)
+    acc = cfg.account("acc1")
+    assert (acc.opened, acc.protect) == (date(2026, 3, 15), True)
+    # the account's unwritten levels come from billing.thresholds
+    assert acc.thresholds == ThresholdsConfig(90_000, 20_000, 5_000, 10_000, 100_000)
+    assert Thresholds.from_config(acc.thresholds) == Thresholds(90_000, 20_000, 5_000, 10_000,
+                                                                  100_000)  # fmt: skip
+    r = cfg.relays
+    assert (r.close_mode, r.quiet_hours) == ("direct", (time(22, 0), time(7, 0)))
+    assert (r.storm_share_pct, r.storm_window_s, r.storm_min_accounts) == (50, 300, 2)
+    assert (r.confirm_delay_s, r.confirm_attempts, r.trip_valid_s) == (0.5, 3, 300)
+
+
+@pytest.mark.parametrize(
+    ("extra", "bad_line", "column", "fragment"),
+    [
+        ('billing:\n  year_start: "02-29"\n', "year_start", 15, "a day of every year"),
+        ("billing:\n  year_start: 1\n", "year_start", 15, 'must be a day "MM-DD"'),
+        ("billing:\n  settlement_day: 29\n", "settlement_day", 19, "between 1 and 28"),
+        ("billing:\n  vacancy_tariff: flta\n", "vacancy_tariff", 19,
+         "unknown tariff 'flta'; did you mean 'flat'?"),
+        ("billing:\n  hoarding_limit: 10.5\n", "hoarding_limit", 19, "must be an integer"),
+        ("billing:\n  holidays: [2026-10-01, 2026-13-01]\n", "holidays", 26, "date YYYY-MM-DD"),
+        ("billing:\n  thresholds: {alarm1: 1000, alarm2: 2000}\n", "thresholds", 38,
+         "alarm2 (2000) must not be above alarm1 (1000)"),
+        ("billing:\n  thresholds: {overdraft_limit: -1}\n", "thresholds", 33, "between 0 and"),
+        ("billing:\n  thresholds: {alarm3: 1}\n", "thresholds", 16,
+         "unknown key 'alarm3' in thresholds"),
+        ("relays:\n  close_mode: push\n", "close_mode", 15, "must be one of allow, direct"),
+        ('relays:\n  quiet_hours: {from: "22:00", to: "22:00"}\n', "quiet_hours", 36,
+         "must not start and end at the same time"),
+        ("relays:\n  storm: {share_pct: 0}\n", "storm", 22, "between 1 and 100"),
+        ("commands:\n  public_key: AAAA\n", "public_key", 15, "32 bytes, this is 3"),
+        ("commands:\n  public_key: nowhere.pem\n", "public_key", 15, "nor a readable PEM"),
+    ],
+)  # fmt: skip
+def test_control_mistakes_are_located(
+    extra: str, bad_line: str, column: int, fragment: str
+) -> None:
+    text = GOOD + extra
+    (error,) = errors_of(text)
+    assert (error.line, error.column) == (_at(text, bad_line), column), error
+    assert fragment in error.message
+
+
+def test_an_account_level_mistake_is_located() -> None:
+    text = GOOD.replace("    type: prepaid\n", "    type: prepaid\n    thresholds: {alarm2: 1}\n")
+    text += "billing:\n  thresholds: {alarm1: 0, alarm2: 0}\n"
+    (error,) = errors_of(text)
+    # the account's alarm2 (1) is above the default alarm1 it inherits (0)
+    assert (error.line, error.column) == (_at(text, "alarm2: 1}"), 26)
+    assert "alarm2 (1) must not be above alarm1 (0)" in error.message
+    text = GOOD.replace("    type: prepaid\n", "    type: prepaid\n    opened: 2026-02-30\n")
+    (error,) = errors_of(text)
+    assert (error.line, error.column) == (_at(text, "opened:"), 13)
+
+
+def test_tripping_on_arrears_needs_a_relay() -> None:
+    # m2's profile sdm120 has no relay, and acc1 (prepaid) trips on arrears by default
+    text = GOOD.replace("    profile: generic\n", "    profile: sdm120\n")
+    (error,) = errors_of(text)
+    line = _at(text, "profile: sdm120") + 1  # m2's `account: acc1`
+    assert (error.line, error.column) == (line, 14)
+    assert "meter 'm2' has no relay" in error.message and "trips on arrears" in error.message
+    # no trip on arrears: fine; a meter with a relay (generic: coil 0): fine
+    off = text.replace("    type: prepaid\n", "    type: prepaid\n    trip_on_arrears: false\n")
+    assert parse_config(off).account("acc1").trip_on_arrears is False
+    assert parse_config(GOOD).meter("m2").profile == "generic"
+    # a DL/T 645 meter is taken to have a relay: m1 alone on the account is fine
+    assert parse_config(text.replace("    account: acc1\naccounts", "accounts")).meters
+
+
+def test_the_public_key_as_base64_or_pem(tmp_path: Path) -> None:
+    import base64
+
+    raw = bytes(range(32))
+    text = GOOD + f"commands:\n  public_key: {base64.b64encode(raw).decode()}\n"
+    assert parse_config(text).commands.public_key == raw
+    # a PEM SubjectPublicKeyInfo of an Ed25519 key (RFC 8410), relative to the config file
+    der = bytes.fromhex("302a300506032b6570032100") + raw
+    body = base64.b64encode(der).decode()
+    (tmp_path / "keys").mkdir()
+    pem = f"-----BEGIN PUBLIC KEY-----\n{body}\n-----END PUBLIC KEY-----\n"
+    (tmp_path / "keys" / "master.pem").write_text(pem)
+    cfg_path = tmp_path / "gw.yaml"
+    cfg_path.write_text(GOOD + "commands:\n  public_key: keys/master.pem\n")
+    assert load_config(cfg_path).commands.public_key == raw
+    # an RSA-looking (wrong) key is a located error
+    (tmp_path / "keys" / "rsa.pem").write_text(
+        pem.replace(body, base64.b64encode(b"x" * 44).decode())
+    )
+    cfg_path.write_text(GOOD + "commands:\n  public_key: keys/rsa.pem\n")
+    with pytest.raises(ConfigError, match="not an Ed25519 public key") as caught:
+        load_config(cfg_path)
+    assert caught.value.line == _at(cfg_path.read_text(), "public_key")
+
+
+def test_the_example_shows_the_control_sections() -> None:
+    cfg = load_config(example_config_path())
+    assert cfg.billing.vacancy_tariff == "commercial-flat"
+    assert cfg.billing.hoarding_limit == 50_000_000
+    assert cfg.relays.quiet_hours == (time(22, 0), time(7, 0))
+    assert cfg.account("C201").thresholds is not None
+    # the example's Modbus tenants have no relays: they do not trip on arrears
+    assert not cfg.account("C201").trip_on_arrears and not cfg.account("D301").trip_on_arrears

@@ -28,17 +28,27 @@ from typing import cast
 from yaml.nodes import Node
 
 from gateway.clock import DEFAULT_TIMEZONE
+from gateway.config.control import (
+    check_control,
+    read_billing,
+    read_commands,
+    read_relays,
+)
 from gateway.config.model import (
     BAUD_RATES,
     Account,
+    Billing,
+    Commands,
     Console,
     FlatTariff,
     GatewayConfig,
     Meter,
     Polling,
+    Relays,
     SerialBus,
     Store,
     Tariff,
+    ThresholdsConfig,
     TieredTariff,
     TouSlot,
     TouTariff,
@@ -63,15 +73,19 @@ from gateway.yamlloc import MapReader, Reader, read_file
 __all__ = [
     "BAUD_RATES",
     "Account",
+    "Billing",
+    "Commands",
     "ConfigError",
     "Console",
     "FlatTariff",
     "GatewayConfig",
     "Meter",
     "Polling",
+    "Relays",
     "SerialBus",
     "Store",
     "Tariff",
+    "ThresholdsConfig",
     "TieredTariff",
     "TouSlot",
     "TouTariff",
@@ -113,7 +127,11 @@ def parse_config(text: str, filename: str = "<string>") -> GatewayConfig:
     if top.value_node("serial_buses") is not None and not buses and top.ok:
         top.blame("serial_buses", "serial_buses: a gateway needs at least one bus")
     meters = [read_meter(r, n) for n in r.sequence(top.value_node("meters"), "meters")]
-    accounts = [read_account(r, n) for n in r.sequence(top.value_node("accounts"), "accounts")]
+    billing = read_billing(r, top.value_node("billing"))
+    levels = billing[0].thresholds if isinstance(billing[0], Billing) else ThresholdsConfig()
+    accounts = [
+        read_account(r, n, levels) for n in r.sequence(top.value_node("accounts"), "accounts")
+    ]
     tariffs = [read_tariff(r, n) for n in r.sequence(top.value_node("tariffs"), "tariffs")]
     uplink = None
     if top.value_node("uplink") is None:
@@ -123,7 +141,11 @@ def parse_config(text: str, filename: str = "<string>") -> GatewayConfig:
     store = read_store(r, top.value_node("store"))
     console = read_console(r, top.value_node("console"))
     polling = read_polling(r, top.value_node("polling"))
+    relays = read_relays(r, top.value_node("relays"))
+    base_dir = Path(filename).parent if not filename.startswith("<") else Path.cwd()
+    commands = read_commands(r, top.value_node("commands"), base_dir)
     check_references(r, buses, meters, accounts, tariffs)
+    check_control(r, billing, buses, meters, accounts, tariffs)
     r.check()
     return GatewayConfig(
         gateway_id=gateway_id,
@@ -136,5 +158,8 @@ def parse_config(text: str, filename: str = "<string>") -> GatewayConfig:
         store=cast(Store, store),
         console=cast(Console, console),
         polling=cast(Polling, polling),
+        billing=cast(Billing, billing[0]),
+        relays=cast(Relays, relays),
+        commands=cast(Commands, commands),
         source=filename,
     )

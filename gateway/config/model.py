@@ -9,7 +9,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, time, tzinfo
+from datetime import date, datetime, time, tzinfo
 from typing import Literal
 from zoneinfo import ZoneInfo
 
@@ -19,6 +19,9 @@ __all__ = [
     "BAUD_RATES",
     "Account",
     "AccountType",
+    "Billing",
+    "CloseMode",
+    "Commands",
     "Console",
     "FlatTariff",
     "GatewayConfig",
@@ -26,10 +29,12 @@ __all__ = [
     "Parity",
     "Polling",
     "Protocol",
+    "Relays",
     "Role",
     "SerialBus",
     "Store",
     "Tariff",
+    "ThresholdsConfig",
     "TieredTariff",
     "TouSlot",
     "TouTariff",
@@ -40,6 +45,7 @@ Parity = Literal["N", "E", "O"]
 Protocol = Literal["dlt645", "modbus"]
 Role = Literal["customer", "gate"]
 AccountType = Literal["prepaid", "postpaid", "unbilled"]
+CloseMode = Literal["allow", "direct"]
 
 BAUD_RATES = (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 """Baud rates a serial port may be configured with."""
@@ -90,6 +96,17 @@ class Meter:
 
 
 @dataclass(frozen=True, slots=True)
+class ThresholdsConfig:
+    """Prepaid levels in 0.0001 yuan (``gateway.prepaid.Thresholds.from_config``)."""
+
+    alarm1: int = 200_000  #: balance at or below which alarm 1 is raised (20 yuan)
+    alarm2: int = 50_000  #: balance at or below which alarm 2 is raised (<= alarm1)
+    overdraft_limit: int = 0  #: how far below zero the balance may go before a trip (>= 0)
+    close_allow: int = 0  #: after a trip, the relay may close once the balance exceeds this
+    emergency_credit: int = 100_000  #: the most one emergency top-up may grant (>= 0)
+
+
+@dataclass(frozen=True, slots=True)
 class Account:
     """A tenant (or the mall itself): one balance, any number of meters."""
 
@@ -98,6 +115,11 @@ class Account:
     tariff: str | None  #: tariff id; required unless unbilled
     trip_on_arrears: bool  #: trip its meters when the balance runs out; YAML default: prepaid
     name: str = ""  #: tenant name, for reports; YAML default: the id
+    opened: date | None = None  #: local date the account opened (tier proration); None: long ago
+    protect: bool = False  #: protect mode (保电) at start: trips blocked, charging goes on
+    #: per-account levels; None: ``billing.thresholds``.  YAML: keys not written are taken
+    #: from ``billing.thresholds``.
+    thresholds: ThresholdsConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +211,43 @@ class Console:
 
 
 @dataclass(frozen=True, slots=True)
+class Billing:
+    """Billing calendar and prepaid defaults (all money in 0.0001 yuan)."""
+
+    year_start: tuple[int, int] = (1, 1)  #: (month, day) the billing year starts; YAML "MM-DD"
+    settlement_day: int = 1  #: day of month of the monthly settlement snapshot (1..28)
+    vacancy_tariff: str | None = None  #: tariff charged to ``vacancy`` for unassigned meters
+    hoarding_limit: int | None = None  #: largest balance a top-up may leave; None: no limit
+    prorate_tiers: bool = True  #: an account opened mid-year gets prorated tier thresholds
+    holidays: tuple[date, ...] = ()  #: local dates: TOU day type holiday, relays' quiet days
+    thresholds: ThresholdsConfig = ThresholdsConfig()  #: default levels of every account
+
+
+@dataclass(frozen=True, slots=True)
+class Relays:
+    """How relays are tripped and closed (Step 7)."""
+
+    close_mode: CloseMode = "allow"  #: after a top-up: ``allow`` (1B, button) or ``direct`` (1C)
+    confirm_attempts: int = 3  #: sends before an unconfirmed relay is raised as an alarm
+    confirm_delay_s: float = 2.0  #: wait before reading the relay state back
+    trip_valid_s: int = 300  #: validity deadline written into a DL/T 645 1C trip/close
+    quiet_hours: tuple[time, time] | None = None  #: (from, to) local: trips delayed to ``to``
+    quiet_on_holidays: bool = False  #: no trips on ``billing.holidays``
+    storm_share_pct: int = 30  #: YAML ``storm.share_pct``: share of trip accounts in a storm
+    storm_window_s: int = 300  #: YAML ``storm.window_s``
+    storm_min_accounts: int = 3  #: YAML ``storm.min_accounts``
+
+
+@dataclass(frozen=True, slots=True)
+class Commands:
+    """Signed commands from the master station."""
+
+    #: the master's Ed25519 public key (32 raw bytes); None: every command refused.  YAML:
+    #: base64 of the 32 bytes, or a path to a PEM file (relative to the config file).
+    public_key: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     """One gateway, as its YAML file describes it."""
 
@@ -202,6 +261,9 @@ class GatewayConfig:
     store: Store = Store()  #: local SQLite store
     polling: Polling = Polling()  #: poll interval and failure handling
     console: Console = Console()  #: technician console
+    billing: Billing = Billing()  #: billing calendar, vacancy, hoarding limit, thresholds
+    relays: Relays = Relays()  #: trip and close behaviour
+    commands: Commands = Commands()  #: signed commands (the master's public key)
     source: str = "<string>"  #: the file it was read from, for messages
 
     @property

@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 
 from yaml.nodes import Node, ScalarNode, SequenceNode
 
+from gateway.config.control import local_date, read_thresholds
 from gateway.config.model import (
     BAUD_RATES,
     Account,
@@ -30,6 +31,7 @@ from gateway.config.model import (
     Protocol,
     SerialBus,
     Store,
+    ThresholdsConfig,
     TieredTariff,
     TouSlot,
     TouTariff,
@@ -248,7 +250,9 @@ def read_meter(r: Reader, node: Node) -> Item:
     return (Meter(**values) if m.ok else None), m  # type: ignore[arg-type]
 
 
-def read_account(r: Reader, node: Node) -> Item:
+def read_account(r: Reader, node: Node, thresholds: ThresholdsConfig | None = None) -> Item:
+    """An account; keys of its ``thresholds`` not written come from ``thresholds``
+    (``billing.thresholds``)."""
     m = MapReader(r, node, "account")
     account_id = m.get("id", identifier)
     m.what = f"account {account_id!r}" if account_id else m.what
@@ -257,13 +261,20 @@ def read_account(r: Reader, node: Node) -> Item:
     tariff = m.get("tariff", optional(identifier), None)
     trip = m.get("trip_on_arrears", boolean, kind == "prepaid")
     name = m.get("name", string, account_id or "")
+    opened = m.get("opened", optional(local_date), None)
+    protect = m.get("protect", boolean, False)
+    levels = None
+    t_node = m.value_node("thresholds")
+    if t_node is not None and t_node.tag != "tag:yaml.org,2002:null":
+        levels = read_thresholds(r, t_node, thresholds or ThresholdsConfig())
     if m.ok and tariff is None and kind != "unbilled":
         m.missing("tariff", f" (a {kind} account is charged by a tariff)")
     if m.ok and trip and kind == "unbilled":
         m.blame("trip_on_arrears", "trip_on_arrears: an unbilled account has no arrears")
     if not m.ok:
         return None, m
-    return Account(account_id, cast(AccountType, kind), tariff, trip, name), m
+    kind_ = cast(AccountType, kind)
+    return Account(account_id, kind_, tariff, trip, name, opened, protect, levels), m
 
 
 _TARIFF_KEYS = {"flat": ["price"], "tou": ["slots", "prices"], "tiered": ["thresholds", "prices"]}
