@@ -128,6 +128,9 @@ class EventCode(IntEnum):
     """A meter's clock was set; detail: method (broadcast | write), offset_s."""
     READINGS_DROPPED = 9
     """Unacknowledged readings of this meter were dropped for space; detail: count, range."""
+    PREPAID_STATE = 10
+    """An account's prepaid state changed (recorded on one of its meters); detail: account,
+    old, new (normal | alarm1 | alarm2 | due_to_trip | may_close), balance (0.0001 yuan)."""
 
 
 __all__ += ["EventCode"]
