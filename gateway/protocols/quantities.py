@@ -131,6 +131,24 @@ class EventCode(IntEnum):
     PREPAID_STATE = 10
     """An account's prepaid state changed (recorded on one of its meters); detail: account,
     old, new (normal | alarm1 | alarm2 | due_to_trip | may_close), balance (0.0001 yuan)."""
+    RELAY_TRIPPED = 11
+    """The meter confirmed its relay open; detail: account, balance (0.0001 yuan) that
+    caused the trip, reason (arrears | restart | protect-lifted | quiet-ended | resume |
+    test), sends."""
+    RELAY_CLOSED = 12
+    """The meter confirmed its relay closed; detail: account, balance, reason (top-up |
+    restart | test), mode (allow | direct), sends."""
+    RELAY_UNCONFIRMED = 13
+    """A trip or close the meter did not confirm after every attempt (an alarm); detail:
+    account, action (trip | close), balance, sends, position (open | closed | unknown),
+    cause (the last refusal or failure)."""
+    TRIP_STORM = 14
+    """Too many accounts fell due to trip at once: tripping stopped until resumed (an
+    alarm; recorded on the meter whose account tipped it); detail: account, accounts
+    (due within the window), of (accounts that trip on arrears), window_s."""
+    TRIP_DELAYED = 15
+    """A trip was held back by the quiet policy (night or holiday); detail: account,
+    balance, until (local ISO time it may go out)."""
 
 
 __all__ += ["EventCode"]
