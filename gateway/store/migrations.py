@@ -232,3 +232,23 @@ def _lifecycle(db: Database) -> None:
         " UNIQUE (kind, period, account))",
     ):
         db.execute(statement)
+
+
+@JOURNAL(8, "prepaid state and per-tariff registers")
+def _prepaid(db: Database) -> None:
+    # gateway.charging: per meter the last per-tariff registers (CBOR map slot -> Wh x
+    # ratio, NULL: the meter keeps none), for rating by the meter's own time-of-use
+    # registers; per account its prepaid state (gateway.prepaid) and whether it is held
+    # tripped, written in the transaction of the change that caused it, so a restart
+    # resumes it; thresholds set by command (account '' is the default for every account),
+    # overriding the configuration's.
+    for statement in (
+        "ALTER TABLE rating_state ADD COLUMN last_slots BLOB",
+        "CREATE TABLE prepaid_state (account TEXT PRIMARY KEY, state TEXT NOT NULL,"
+        " tripped INTEGER NOT NULL, balance INTEGER NOT NULL, ts_ms INTEGER NOT NULL)",
+        "CREATE TABLE prepaid_thresholds (account TEXT PRIMARY KEY, alarm1 INTEGER NOT NULL,"
+        " alarm2 INTEGER NOT NULL, overdraft_limit INTEGER NOT NULL,"
+        " close_allow INTEGER NOT NULL, emergency_credit INTEGER NOT NULL,"
+        " ts_ms INTEGER NOT NULL)",
+    ):
+        db.execute(statement)
