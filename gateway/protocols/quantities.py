@@ -149,6 +149,18 @@ class EventCode(IntEnum):
     TRIP_DELAYED = 15
     """A trip was held back by the quiet policy (night or holiday); detail: account,
     balance, until (local ISO time it may go out)."""
+    METER_REMOVED = 16
+    """The meter left its account (gateway.lifecycle); detail: account, final_wh (final
+    register x ratio), charged (its last interval), refund (paid back), balance (after),
+    reason; money in 0.0001 yuan."""
+    METER_REPLACED = 17
+    """The meter was replaced (or its CT ratio changed: new is the same meter); detail:
+    account, new, final_wh (-1: settled dead before), initial_wh, charged, reason; a
+    replacement also carried, year_wh; a CT change also old_ratio, new_ratio."""
+    DEAD_METER_SETTLED = 18
+    """A dead meter was settled and removed; detail: account, energy_wh (charged for),
+    estimated (1: an estimated back-charge 追补, 0: an approved manual final reading),
+    register_wh, charged, balance, approved_by, reason."""
 
 
 __all__ += ["EventCode"]

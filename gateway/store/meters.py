@@ -23,6 +23,7 @@ __all__ = [
     "MeterRecord",
     "MeterStatus",
     "chargeable",
+    "hold",
     "meter_records",
     "record_of",
     "set_record",
@@ -101,3 +102,15 @@ def chargeable(db: Database, meter: str) -> bool:
     held (a meter with no record is chargeable)."""
     row = db.execute("SELECT status FROM meter_records WHERE meter = ?", (meter,)).fetchone()
     return row is None or row[0] == "active"
+
+
+def hold(
+    db: Database, meter: str, *, account: str | None, ratio: int, ts_ms: int, why: str
+) -> None:
+    """Hold ``meter``: its nameplate number changed without a work order; its readings are
+    journaled, not charged, until :func:`gateway.lifecycle.confirm_meter`.  A removed or
+    replaced meter stays so; a held one keeps its first hold time."""
+    found = record_of(db, meter)
+    if found is not None and found.status != "active":
+        return
+    set_record(db, MeterRecord(meter, account, "held", ratio, ts_ms, reason=why))
