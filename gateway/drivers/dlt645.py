@@ -1,6 +1,10 @@
 """DL/T 645-2007 meter driver: read DIs (a periodic poll is a set of block DIs) and send
 protocol events as they are, through :mod:`gateway.protocols.dlt645`.
 
+Relays: :func:`relay_command` builds the remote control (1C) job of a trip or a close
+with its validity deadline, :func:`relay_readback` the read of status word 3 and
+:func:`relay_position` reads bit 4 (relay open) from its result.
+
 The periodic poll (:data:`POLL_DIS`) reads blocks where a block carries more than one
 quantity the gateway keeps: forward energy with its four tariffs (0001FF00), the
 phase voltages (0201FF00) and currents (0202FF00); power, power factor, frequency and
@@ -13,10 +17,11 @@ standard asks for 1 to 4 before a frame).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 from gateway.config import Meter, SerialBus
 from gateway.drivers.base import MeterDriver, Transaction, WrongAddress
-from gateway.drivers.jobs import Job, JobResult, ReadJob
+from gateway.drivers.jobs import Job, JobResult, ReadJob, WriteJob
 from gateway.errors import LocalProtocolError, RemoteProtocolError
 from gateway.protocols.dlt645 import (
     BROADCAST_ADDRESS,
@@ -25,6 +30,9 @@ from gateway.protocols.dlt645 import (
     NegativeReply,
     ReadReply,
     ReadRequest,
+    RelayAction,
+    RelayControl,
+    StatusWord3,
     decode_raw,
     decode_value,
     encode,
@@ -34,7 +42,16 @@ from gateway.protocols.dlt645 import (
 from gateway.protocols.modbus import ratio_factor
 from gateway.protocols.quantities import Quantity, Reading
 
-__all__ = ["METER_NUMBER_DI", "POLL_DIS", "Dlt645Driver", "Dlt645Reader"]
+__all__ = [
+    "METER_NUMBER_DI",
+    "POLL_DIS",
+    "RELAY_STATE_DI",
+    "Dlt645Driver",
+    "Dlt645Reader",
+    "relay_command",
+    "relay_position",
+    "relay_readback",
+]
 
 POLL_DIS: tuple[int, ...] = (
     0x0001FF00,  # forward active energy: total and tariffs 1-4
@@ -49,6 +66,9 @@ POLL_DIS: tuple[int, ...] = (
 
 METER_NUMBER_DI = 0x04000402
 """Meter number (nameplate), checked at start and daily."""
+
+RELAY_STATE_DI = 0x04000503
+"""Status word 3: bit 4 relay open, bit 6 relay command open, bit 12 protect mode."""
 
 _HEADER = 10  # 68, address (6), 68, C, L
 _MAX_FRAME = 4 + _HEADER + 255 + 2
@@ -201,3 +221,28 @@ class Dlt645Driver(MeterDriver):
 def encode_control(frame: object) -> int:
     """The function code (bits 4..0 of C) a frame's request carries."""
     return encode_raw(frame).control & 0x1F  # type: ignore[arg-type]
+
+
+def relay_command(
+    meter_id: str, address: str, action: RelayAction, valid_until: datetime
+) -> WriteJob:
+    """The remote control (1C) job of ``action`` (trip, close-allow, close) to a meter.
+
+    ``valid_until`` is the meter's local wall time (naive) after which it refuses the
+    command; password level 02 and password 000000 (the factory setting; a secure
+    meter, level 98, needs the master's ciphertext and is not driven from here)."""
+    return WriteJob(meter_id, RelayControl(address, action, valid_until.replace(tzinfo=None)))
+
+
+def relay_readback(meter_id: str) -> ReadJob:
+    """Read status word 3 (the relay's position is bit 4)."""
+    return ReadJob(meter_id, (RELAY_STATE_DI,))
+
+
+def relay_position(result: JobResult) -> bool | None:
+    """From a :func:`relay_readback` result: True when the relay is open (tripped),
+    False when closed, None when the meter did not say."""
+    word = result.values.get(RELAY_STATE_DI) if result.ok else None
+    if not isinstance(word, int):
+        return None
+    return bool(word & StatusWord3.RELAY_OPEN)

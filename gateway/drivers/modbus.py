@@ -1,6 +1,13 @@
 """Modbus RTU meter driver: a poll is the cheapest block reads of the meter's profile
 (:func:`~gateway.protocols.modbus_plan.plan_reads`), decoded exactly with CT/PT
-applied; a write job sends a :class:`~gateway.protocols.modbus.WriteRequest` as is.
+applied; a write job sends a :class:`~gateway.protocols.modbus.WriteRequest` as is, or
+reads raw registers (a :class:`~gateway.protocols.modbus.ReadRequest`, FC03/FC04) or one
+coil (:class:`CoilRead`, FC01) and gives the reply.
+
+Relays (the profile's :class:`~gateway.drivers.profiles.RelaySpec`): :func:`relay_command`
+builds the write that opens or closes it (FC05 coil, FC06 holding register),
+:func:`relay_readback` the read of the same coil or register, and
+:func:`relay_position` says from its result whether the relay is open.
 
 Request frames are built once per planned read and reused.  pymodbus builds the
 frames and parses anything unusual (inside :mod:`gateway.protocols.modbus`); it never
@@ -24,7 +31,8 @@ from dataclasses import dataclass
 from gateway.config import Meter, SerialBus
 from gateway.drivers import profiles
 from gateway.drivers.base import MeterDriver, Transaction, WrongAddress
-from gateway.drivers.jobs import Job, JobResult, ReadJob
+from gateway.drivers.jobs import Job, JobResult, ReadJob, WriteJob
+from gateway.drivers.profiles import RelaySpec
 from gateway.errors import LocalProtocolError, RemoteProtocolError
 from gateway.protocols.modbus import (
     DataType,
@@ -41,7 +49,15 @@ from gateway.protocols.modbus import (
 from gateway.protocols.modbus_plan import Plan, plan_reads
 from gateway.protocols.quantities import Quantity, Reading
 
-__all__ = ["ModbusDriver", "ModbusReader"]
+__all__ = [
+    "CoilRead",
+    "CoilReply",
+    "ModbusDriver",
+    "ModbusReader",
+    "relay_command",
+    "relay_position",
+    "relay_readback",
+]
 
 _EXCEPTION_SIZE = 5
 
@@ -153,6 +169,100 @@ class ModbusReader:
         return max(1, self.size - len(raw))
 
 
+@dataclass(frozen=True, slots=True)
+class CoilRead:
+    """Read one coil (FC01) of ``unit`` at ``address`` (a relay declared as a coil)."""
+
+    unit: int
+    address: int
+
+    def encode(self) -> bytes:
+        body = struct.pack(">BBHH", self.unit, 1, self.address, 1)
+        return body + _crc(body)
+
+
+@dataclass(frozen=True, slots=True)
+class CoilReply:
+    """The state of the coil a :class:`CoilRead` asked for (1 on, 0 off)."""
+
+    unit: int
+    value: int
+
+
+def _crc(body: bytes) -> bytes:
+    from pymodbus.framer import FramerRTU
+
+    return int(FramerRTU.compute_CRC(body)).to_bytes(2, "big")
+
+
+class CoilReader:
+    """The reply to a :class:`CoilRead`: 6 bytes (unit, 01, 1, bits, CRC) or an exception."""
+
+    size = 6
+
+    def __init__(self, request: CoilRead) -> None:
+        self.request = request
+        self._raw = bytearray()
+
+    def feed(self, data: bytes) -> object | None:
+        raw = self._raw
+        raw += data
+        unit = self.request.unit
+        if len(raw) >= 2 and raw[0] == unit and raw[1] == 0x81:
+            if len(raw) < _EXCEPTION_SIZE:
+                return None
+            if not _crc_ok(bytes(raw[:_EXCEPTION_SIZE])):
+                raise RemoteProtocolError("bad CRC in an exception reply")
+            return ModbusExceptionReply(unit, 1, raw[2])
+        if len(raw) < self.size:
+            return None
+        frame = bytes(raw[: self.size])
+        if not _crc_ok(frame):
+            raise RemoteProtocolError("bad CRC in a read-coil reply")
+        if frame[0] != unit:
+            raise WrongAddress(f"reply from unit {frame[0]}, asked {unit}")
+        if frame[1] != 1 or frame[2] != 1:
+            raise RemoteProtocolError(f"unexpected read-coil reply {frame.hex()}")
+        return CoilReply(unit, frame[3] & 1)
+
+    def needed(self) -> int:
+        raw = self._raw
+        if len(raw) >= 2 and raw[1] & 0x80:
+            return max(1, _EXCEPTION_SIZE - len(raw))
+        return max(1, self.size - len(raw))
+
+
+def relay_command(meter_id: str, unit: int, relay: RelaySpec, *, open_: bool) -> WriteJob:
+    """The write that opens (trips, ``open_``) or closes the relay of a meter."""
+    value = relay.off_value if open_ else relay.on_value
+    fc = 5 if relay.kind == "coil" else 6
+    return WriteJob(meter_id, WriteRequest(unit, fc, relay.address, value))
+
+
+def relay_readback(meter_id: str, unit: int, relay: RelaySpec) -> WriteJob:
+    """The read of the relay's coil (FC01) or holding register (FC03)."""
+    if relay.kind == "coil":
+        return WriteJob(meter_id, CoilRead(unit, relay.address))
+    return WriteJob(meter_id, ReadRequest(unit, 3, relay.address, 1))
+
+
+def relay_position(result: JobResult, relay: RelaySpec) -> bool | None:
+    """From a :func:`relay_readback` result: True open, False closed, None unknown (no
+    answer, or a value that is neither the profile's on nor its off value)."""
+    reply = result.reply if result.ok else None
+    if isinstance(reply, CoilReply):
+        value = reply.value
+    elif isinstance(reply, ReadReply) and len(reply.registers) == 1:
+        value = reply.registers[0]
+    else:
+        return None
+    if value == relay.off_value:
+        return True
+    if value == relay.on_value:
+        return False
+    return None
+
+
 class ModbusDriver(MeterDriver):
     """A Modbus RTU meter: ``meter.unit_id`` with the register map ``meter.profile``."""
 
@@ -210,8 +320,18 @@ class ModbusDriver(MeterDriver):
                 raise LocalProtocolError("a Modbus read names quantities, not DIs")
             return self._plan(tuple(sorted(set(job.quantities))))[1]
         frame = job.frame
-        if not isinstance(frame, WriteRequest):
-            raise LocalProtocolError(f"a Modbus write job carries a WriteRequest, not {frame!r}")
+        if isinstance(frame, CoilRead):
+            if frame.unit != self.unit:
+                raise LocalProtocolError(f"read of unit {frame.unit} on meter unit {self.unit}")
+            return [
+                Transaction(
+                    frame.encode(), lambda: CoilReader(frame), max_reply=CoilReader.size, key=frame
+                )
+            ]
+        if not isinstance(frame, WriteRequest | ReadRequest):
+            raise LocalProtocolError(
+                f"a Modbus write job carries a WriteRequest, ReadRequest or CoilRead, not {frame!r}"
+            )
         if frame.unit != self.unit:
             raise LocalProtocolError(f"write to unit {frame.unit} on meter unit {self.unit}")
         reader = None if not job.expect_reply else (lambda: ModbusReader(frame))
