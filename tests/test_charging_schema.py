@@ -19,6 +19,7 @@ def test_migration_8_adds_the_prepaid_tables(tmp_path: Path) -> None:
             return store.writer.call(run).result(10)  # type: ignore[no-any-return]
 
         assert columns("rating_state")[-1] == "last_slots"
+        assert columns("rating_year") == ["account", "year_wh", "year_end_ms"]
         assert columns("prepaid_state") == ["account", "state", "tripped", "balance", "ts_ms"]
         assert columns("prepaid_thresholds") == [
             "account", "alarm1", "alarm2", "overdraft_limit", "close_allow",

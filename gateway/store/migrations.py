@@ -238,12 +238,14 @@ def _lifecycle(db: Database) -> None:
 def _prepaid(db: Database) -> None:
     # gateway.charging: per meter the last per-tariff registers (CBOR map slot -> Wh x
     # ratio, NULL: the meter keeps none), for rating by the meter's own time-of-use
-    # registers; per account its prepaid state (gateway.prepaid) and whether it is held
-    # tripped, written in the transaction of the change that caused it, so a restart
-    # resumes it; thresholds set by command (account '' is the default for every account),
-    # overriding the configuration's.
+    # registers; per account when its billing-year tier total next resets (NULL: not yet
+    # known, set at its first rating), its prepaid state (gateway.prepaid) and whether it
+    # is held tripped, written in the transaction of the change that caused it, so a
+    # restart resumes them; thresholds set by command (account '' is the default for
+    # every account), overriding the configuration's.
     for statement in (
         "ALTER TABLE rating_state ADD COLUMN last_slots BLOB",
+        "ALTER TABLE rating_year ADD COLUMN year_end_ms INTEGER",
         "CREATE TABLE prepaid_state (account TEXT PRIMARY KEY, state TEXT NOT NULL,"
         " tripped INTEGER NOT NULL, balance INTEGER NOT NULL, ts_ms INTEGER NOT NULL)",
         "CREATE TABLE prepaid_thresholds (account TEXT PRIMARY KEY, alarm1 INTEGER NOT NULL,"
