@@ -1,0 +1,683 @@
+"""The relay controller: acts on the money engine's states (domain.md, "Prepaid control").
+
+:meth:`RelayController.on_state` is the charger's listener.  It runs on the thread that
+changed the balance (a bus thread for a reading) and only decides and queues: a trip
+goes to the meter's bus at :attr:`~gateway.drivers.jobs.Priority.RELAY`, ahead of every
+poll, so it is on the wire right after the transaction in hand (design.md, "A trip
+action does not wait for the store").
+
+Every command is confirmed by the meter: ``confirm_delay_s`` after it was carried out
+(or refused, or unanswered) the relay's position is read back (status word 3 bit 4, or
+the Modbus profile's relay register), also at RELAY priority.  Not in the wanted
+position: the command is sent again, up to ``confirm_attempts`` sends, then a
+``RELAY_UNCONFIRMED`` event and a status alarm.  A close-allow (1B) the meter accepted
+waits for the tenant's button: the position is read back at growing intervals (up to a
+minute) until it shows closed.  Each confirmed trip and close is a ``RELAY_TRIPPED`` /
+``RELAY_CLOSED`` event with the balance that caused it; once every meter of an account
+is confirmed closed the charger is told (:meth:`Charger.relay_closed`).
+
+What holds a trip back, in this order: the storm guard (:mod:`gateway.relays.storm`;
+counted on every account falling due; a storm stops tripping until :meth:`resume`),
+protect mode of the account (trips blocked, charging goes on; lifting it trips an
+account still due), the quiet policy (:mod:`gateway.relays.policy`: a ``TRIP_DELAYED``
+event, the trip goes out at the end of the quiet period if the account is still due,
+evaluated on the injected clock).
+
+What is remembered (store migration 6, :mod:`gateway.relays.memory`): protect mode set
+by :meth:`set_protect` (it overrides the config's ``protect``), each meter's commanded
+position and the storm stop.  At :meth:`start` the relays of every account that trips on
+arrears are read back and reconciled with the charger's state: a due account's closed
+relay is tripped, an open relay of an account whose balance is above its close-allow
+level is closed (a SIGKILL between a trip and its charge reaching the disk, or the
+charger's forgotten "tripped" memory after a restart).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Protocol
+
+from gateway.clock import Clock, monotonic
+from gateway.config import GatewayConfig
+from gateway.drivers.jobs import BusHandle, JobResult, Priority
+from gateway.prepaid import PrepaidState, StateChange
+from gateway.protocols.batch import MeterEvent
+from gateway.protocols.quantities import EventCode
+from gateway.relays import memory
+from gateway.relays.memory import Position
+from gateway.relays.policy import QuietPolicy, quiet_until
+from gateway.relays.storm import StormGuard
+from gateway.relays.targets import RelayTarget, targets
+
+if TYPE_CHECKING:
+    from gateway.charging import Charger
+    from gateway.store.writer import StoreWriter
+
+__all__ = ["RelayController"]
+
+_logger = logging.getLogger(__name__)
+
+BUTTON_WAIT_MAX_S = 60.0
+"""Longest pause between read-backs while a close-allow waits for the tenant's button."""
+READ_TIMEOUT_S = 30.0
+"""How long the restart reconciliation and a relay test wait for one bus job."""
+
+
+class Journal(Protocol):
+    def submit(self, record: MeterEvent) -> None: ...
+
+
+@dataclass(eq=False)
+class _Op:
+    """One trip or close of one meter, from its first send to its confirmation."""
+
+    target: RelayTarget
+    account: str | None
+    open: bool
+    balance: int | None
+    reason: str
+    allow: bool = False
+    sends: int = 0
+    acknowledged: bool = False
+    waits: int = 0
+    cause: str | None = None
+    cancelled: bool = False
+    done: Future[bool] = field(default_factory=Future)
+
+
+class RelayController:
+    """Trips and closes relays from the charger's state changes; see the module doc."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        buses: Callable[[str], BusHandle],
+        journal: Journal,
+        clock: Clock,
+        charger: Charger,
+        store_writer: StoreWriter,
+    ) -> None:
+        self.config = config
+        self.settings = config.relays
+        self.buses = buses
+        self.journal = journal
+        self.clock = clock
+        self.charger = charger
+        self.writer = store_writer
+        self.targets = targets(config)
+        self._trips = {a.id for a in config.accounts if a.type == "prepaid" and a.trip_on_arrears}
+        self._protect = {a.id: a.protect for a in config.accounts}
+        self._close_allow = {
+            a.id: (a.thresholds or config.billing.thresholds).close_allow for a in config.accounts
+        }
+        s = self.settings
+        self.policy = QuietPolicy.of(s.quiet_hours, config.billing.holidays, s.quiet_on_holidays)
+        self.storm = StormGuard(
+            s.storm_share_pct, float(s.storm_window_s), s.storm_min_accounts, len(self._trips)
+        )
+        self._lock = threading.RLock()
+        self._wake = threading.Condition(self._lock)
+        self._positions: dict[str, Position] = {}
+        self._ops: dict[str, _Op] = {}
+        self._delayed: dict[str, tuple[datetime, tuple[str, ...]]] = {}
+        self._blocked: dict[str, str] = {}
+        self._alarms: list[dict[str, object]] = []
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.counts = {"trips": 0, "closes": 0, "unconfirmed": 0, "resends": 0, "quiet_delays": 0}
+
+    # --- life -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load what the store remembers, start the worker, reconcile the meters."""
+        remembered = self.writer.call(memory.load).result(30)
+        with self._lock:
+            self._protect.update(remembered.protect)
+            self._positions.update(remembered.positions)
+            self.storm.stopped_ms = remembered.storm_ms
+            if remembered.storm_ms is not None:
+                self._alarm("trip_storm", since_ms=remembered.storm_ms, restored=1)
+            self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="relays", daemon=True)
+        self._thread.start()
+        self._later(0.0, self._reconcile)
+        _logger.info(
+            "relays: %d meters with a relay, %d accounts trip on arrears, close mode %s",
+            len(self.targets),
+            len(self._trips),
+            self.settings.close_mode,
+        )
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            for op in self._ops.values():
+                op.cancelled = True
+                if not op.done.done():
+                    op.done.set_result(False)
+            self._ops.clear()
+            self._wake.notify_all()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+
+    # --- the charger's listener -----------------------------------------------------------
+
+    def on_state(self, change: StateChange, meters: tuple[str, ...]) -> None:
+        """Act on an account's new prepaid state (never blocks: it queues bus jobs)."""
+        account = change.account
+        if change.new == PrepaidState.DUE_TO_TRIP:
+            self._due(account, meters, change.balance, "arrears")
+            return
+        with self._lock:
+            self._delayed.pop(account, None)
+            self._blocked.pop(account, None)
+            opened = any(self._open_or_opening(m) for m in meters)
+        if change.new == PrepaidState.MAY_CLOSE or (
+            opened and change.balance > self._close_allow.get(account, 0)
+        ):
+            self._close(account, meters, change.balance, "top-up")
+
+    # --- commands and operators -------------------------------------------------------------
+
+    def protected(self, account: str) -> bool:
+        with self._lock:
+            return self._protect.get(account, False)
+
+    def set_protect(self, account: str, on: bool) -> None:
+        """Protect mode on or off (persisted, durably, before it returns); lifting it trips
+        the account if it is still due.  KeyError for an unknown account."""
+        if account not in self._protect:
+            raise KeyError(f"unknown account {account!r}")
+        ts_ms = self._now_ms()
+        self.writer.call(
+            lambda db: memory.save_protect(db, account, on, ts_ms), durable=True
+        ).result(30)
+        with self._lock:
+            self._protect[account] = on
+            if on:
+                self._delayed.pop(account, None)
+            self._blocked.pop(account, None)
+        _logger.info("relays: account %s protect %s", account, "on" if on else "off")
+        if not on and self.charger.state(account) == PrepaidState.DUE_TO_TRIP:
+            meters = self.charger.meters_of(account)
+            self._due(account, meters, self.charger.balance(account), "protect-lifted", False)
+
+    def resume(self) -> None:
+        """Clear a trip-storm stop; accounts still due are tripped now (without counting)."""
+        with self._lock:
+            was = self.storm.stopped
+            self.storm.resume()
+            self._alarms = [a for a in self._alarms if a.get("kind") != "trip_storm"]
+            blocked = [a for a, why in self._blocked.items() if why == "storm"]
+            for account in blocked:
+                del self._blocked[account]
+        self.writer.call(lambda db: memory.save_storm(db, None), durable=True).result(30)
+        if was:
+            _logger.info("relays: tripping resumed after a trip storm")
+        for account in self.charger.accounts_in(PrepaidState.DUE_TO_TRIP):
+            if account in self._trips:
+                meters = self.charger.meters_of(account)
+                self._due(account, meters, self.charger.balance(account), "resume", False)
+
+    def test(self, meter: str) -> Future[dict[str, object]]:
+        """Relay test: trip, confirm, close (direct), confirm.  The future gives a dict with
+        ``ok``, ``tripped``, ``closed`` (or ``error``); it never raises."""
+        out: Future[dict[str, object]] = Future()
+        target = self.targets.get(meter)
+        if target is None:
+            out.set_result({"meter": meter, "ok": False, "error": "no such meter with a relay"})
+            return out
+        account = target.meter.account
+        if account is not None and self.protected(account):
+            out.set_result({"meter": meter, "ok": False, "error": "account in protect mode"})
+            return out
+        if account is not None and self.charger.state(account) in (
+            PrepaidState.DUE_TO_TRIP,
+            PrepaidState.MAY_CLOSE,
+        ):
+            out.set_result({"meter": meter, "ok": False, "error": "account is tripped or due"})
+            return out
+
+        def run() -> None:
+            timeout = self._op_timeout()
+            trip = _Op(target, account, True, None, "test")
+            self._start(trip)
+            tripped = _wait(trip.done, timeout)
+            close = _Op(target, account, False, None, "test")
+            self._start(close)
+            closed = _wait(close.done, timeout)
+            out.set_result(
+                {
+                    "meter": meter,
+                    "ok": tripped and closed,
+                    "tripped": tripped,
+                    "closed": closed,
+                    "trip_sends": trip.sends,
+                    "close_sends": close.sends,
+                }
+            )
+
+        threading.Thread(target=run, name=f"relay-test-{meter}", daemon=True).start()
+        return out
+
+    def status(self) -> dict[str, object]:
+        with self._lock:
+            now = monotonic()
+            return {
+                "meters": len(self.targets),
+                "close_mode": self.settings.close_mode,
+                "protect": sorted(a for a, on in self._protect.items() if on),
+                "storm": {
+                    "stopped": self.storm.stopped,
+                    "since_ms": self.storm.stopped_ms,
+                    "recent": self.storm.recent(),
+                    "accounts": self.storm.accounts,
+                },
+                "alarms": [dict(a) for a in self._alarms],
+                "blocked": dict(self._blocked),
+                "delayed": {a: until.isoformat() for a, (until, _) in self._delayed.items()},
+                "in_progress": {m: ("trip" if op.open else "close") for m, op in self._ops.items()},
+                "positions": {
+                    m: ("open" if p.open else "closed") + ("" if p.confirmed else "?")
+                    for m, p in sorted(self._positions.items())
+                },
+                "timers": sum(1 for t, _, _ in self._timers if t >= now),
+                **self.counts,
+            }
+
+    # --- deciding -------------------------------------------------------------------------
+
+    def _due(
+        self,
+        account: str,
+        meters: Sequence[str],
+        balance: int,
+        reason: str,
+        count_storm: bool = True,
+    ) -> None:
+        if account not in self._trips:
+            return
+        ops: list[_Op] = []
+        with self._lock:
+            if count_storm and not self.storm.stopped and self.storm.note(account, monotonic()):
+                self._storm(account, meters)
+            if self.storm.stopped:
+                self._blocked[account] = "storm"
+                _logger.warning("relays: account %s due to trip: held by the trip storm", account)
+                return
+            if self._protect.get(account, False):
+                self._blocked[account] = "protect"
+                _logger.info("relays: account %s due to trip: protect mode, not tripped", account)
+                return
+            local = self.clock.local()
+            until = quiet_until(self.policy, local) if self.policy.active else None
+            if until is not None:
+                first = account not in self._delayed
+                self._delayed[account] = (until, tuple(meters))
+                if first:
+                    self.counts["quiet_delays"] += 1
+                    for meter in meters:
+                        self._event(
+                            meter,
+                            EventCode.TRIP_DELAYED,
+                            account=account,
+                            balance=balance,
+                            until=until.isoformat(),
+                        )
+                    _logger.info("relays: account %s trip delayed to %s", account, until)
+                return
+            self._blocked.pop(account, None)
+            self._delayed.pop(account, None)
+            for meter in meters:
+                target = self.targets.get(meter)
+                if target is None:
+                    continue
+                op = self._ops.get(meter)
+                if op is not None and op.open:
+                    continue  # a trip is on its way
+                known = self._positions.get(meter)
+                if (
+                    op is None
+                    and known is not None
+                    and known.open
+                    and known.confirmed
+                    and reason != "restart"
+                ):
+                    continue  # already tripped
+                ops.append(_Op(target, account, True, balance, reason))
+        for op in ops:
+            self._start(op)
+
+    def _close(self, account: str, meters: Sequence[str], balance: int, reason: str) -> None:
+        allow = self.settings.close_mode == "allow"
+        ops = []
+        with self._lock:
+            for meter in meters:
+                target = self.targets.get(meter)
+                if target is not None:
+                    ops.append(
+                        _Op(target, account, False, balance, reason, allow=target.allows(allow))
+                    )
+        for op in ops:
+            self._start(op)
+
+    def _storm(self, account: str, meters: Sequence[str]) -> None:
+        """Called with the lock held: the trip storm starts now."""
+        stopped_ms = self._now_ms()
+        self.storm.stopped_ms = stopped_ms
+        recent = self.storm.recent()
+        self._alarm("trip_storm", since_ms=stopped_ms, accounts=recent, account=account)
+        if meters:
+            self._event(
+                meters[0],
+                EventCode.TRIP_STORM,
+                account=account,
+                accounts=recent,
+                of=self.storm.accounts,
+                window_s=int(self.storm.window_s),
+            )
+        self.writer.call(lambda db: memory.save_storm(db, stopped_ms), durable=True)
+        _logger.error(
+            "relays: trip storm: %d of %d accounts due within %d s: tripping stopped",
+            recent,
+            self.storm.accounts,
+            int(self.storm.window_s),
+        )
+
+    def _open_or_opening(self, meter: str) -> bool:
+        op = self._ops.get(meter)
+        if op is not None:
+            return op.open
+        known = self._positions.get(meter)
+        return known is not None and known.open
+
+    # --- one meter's operation ------------------------------------------------------------
+
+    def _start(self, op: _Op) -> None:
+        with self._lock:
+            if self._stopping:
+                op.done.set_result(False)
+                return
+            old = self._ops.get(op.target.id)
+            if old is not None:
+                old.cancelled = True
+                if not old.done.done():
+                    old.done.set_result(False)
+            self._ops[op.target.id] = op
+        self._send(op)
+
+    def _send(self, op: _Op) -> None:
+        op.sends += 1
+        if op.sends > 1:
+            self.counts["resends"] += 1
+        valid_until = self.clock.local() + timedelta(seconds=self.settings.trip_valid_s)
+        job = op.target.command(open_=op.open, allow=op.allow, valid_until=valid_until)
+        try:
+            bus = self.buses(op.target.id)
+        except KeyError:
+            self._unconfirmed(op, None)
+            return
+        future = bus.submit(job, Priority.RELAY)
+        future.add_done_callback(lambda f: self._sent(op, f))
+
+    def _sent(self, op: _Op, future: Future[JobResult]) -> None:
+        if op.cancelled or future.cancelled():
+            return
+        result = future.result()
+        if result.ok:
+            op.acknowledged = True
+        else:
+            op.cause = result.cause or result.error
+            _logger.warning(
+                "relays: %s of meter %s not carried out (send %d): %s",
+                "trip" if op.open else "close",
+                op.target.id,
+                op.sends,
+                result.error,
+            )
+        self._later(self.settings.confirm_delay_s, lambda: self._readback(op))
+
+    def _readback(self, op: _Op) -> None:
+        if op.cancelled:
+            return
+        future = self.buses(op.target.id).submit(op.target.readback(), Priority.RELAY)
+        future.add_done_callback(lambda f: self._read(op, f))
+
+    def _read(self, op: _Op, future: Future[JobResult]) -> None:
+        if op.cancelled or future.cancelled():
+            return
+        result = future.result()
+        is_open = op.target.is_open(result)
+        if is_open is op.open:
+            self._confirmed(op)
+            return
+        if not result.ok:
+            op.cause = result.cause or result.error
+        if not op.open and op.allow and op.acknowledged and is_open is not None:
+            op.waits += 1  # close-allow accepted: the tenant has to press the button
+            delay = min(BUTTON_WAIT_MAX_S, self.settings.confirm_delay_s * 2 ** min(op.waits, 8))
+            self._later(delay, lambda: self._readback(op))
+            return
+        if op.sends < self.settings.confirm_attempts:
+            self._send(op)
+            return
+        self._unconfirmed(op, is_open)
+
+    def _confirmed(self, op: _Op) -> None:
+        meter = op.target.id
+        with self._lock:
+            if self._ops.get(meter) is op:
+                del self._ops[meter]
+            position = Position(op.account, op.open, True, op.balance, self._now_ms())
+            self._positions[meter] = position
+            self._alarms = [
+                a
+                for a in self._alarms
+                if not (a.get("kind") == "unconfirmed" and a.get("meter") == meter)
+            ]
+            self.counts["trips" if op.open else "closes"] += 1
+        self.writer.call(lambda db: memory.save_position(db, meter, position))
+        detail: dict[str, int | str] = {"reason": op.reason, "sends": op.sends}
+        if not op.open:
+            detail["mode"] = "allow" if op.allow else "direct"
+        self._event(
+            meter,
+            EventCode.RELAY_TRIPPED if op.open else EventCode.RELAY_CLOSED,
+            account=op.account,
+            balance=op.balance,
+            **detail,
+        )
+        _logger.info(
+            "relays: meter %s %s (account %s, balance %s, %s)",
+            meter,
+            "tripped" if op.open else "closed",
+            op.account,
+            op.balance,
+            op.reason,
+        )
+        if not op.done.done():
+            op.done.set_result(True)
+        if not op.open and op.account is not None and op.reason != "test":
+            self._maybe_all_closed(op.account)
+
+    def _maybe_all_closed(self, account: str) -> None:
+        meters = [m for m in self.charger.meters_of(account) if m in self.targets]
+        with self._lock:
+            closed = all(
+                (p := self._positions.get(m)) is not None
+                and not p.open
+                and p.confirmed
+                and m not in self._ops
+                for m in meters
+            )
+        if closed:
+            self.charger.relay_closed(account)
+
+    def _unconfirmed(self, op: _Op, is_open: bool | None) -> None:
+        meter = op.target.id
+        where = "unknown" if is_open is None else "open" if is_open else "closed"
+        with self._lock:
+            if self._ops.get(meter) is op:
+                del self._ops[meter]
+            if is_open is not None:
+                self._positions[meter] = Position(
+                    op.account, is_open, True, op.balance, self._now_ms()
+                )
+            else:
+                self._positions[meter] = Position(
+                    op.account, op.open, False, op.balance, self._now_ms()
+                )
+            position = self._positions[meter]
+            self.counts["unconfirmed"] += 1
+            self._alarm(
+                "unconfirmed",
+                meter=meter,
+                account=op.account or "",
+                action="trip" if op.open else "close",
+                position=where,
+                cause=op.cause or "",
+            )
+        self.writer.call(lambda db: memory.save_position(db, meter, position))
+        self._event(
+            meter,
+            EventCode.RELAY_UNCONFIRMED,
+            account=op.account,
+            action="trip" if op.open else "close",
+            balance=op.balance,
+            sends=op.sends,
+            position=where,
+            cause=op.cause or "",
+        )
+        _logger.error(
+            "relays: %s of meter %s unconfirmed after %d sends (relay %s, %s)",
+            "trip" if op.open else "close",
+            meter,
+            op.sends,
+            where,
+            op.cause,
+        )
+        if not op.done.done():
+            op.done.set_result(False)
+
+    # --- restart reconciliation -------------------------------------------------------------
+
+    def _reconcile(self) -> None:
+        """Read back the relays of every account that trips on arrears and make them agree
+        with the charger's state (runs once, on the worker, after :meth:`start`)."""
+        timeout = READ_TIMEOUT_S
+        for account in sorted(self._trips):
+            if self._stopping:
+                return
+            meters = [m for m in self.charger.meters_of(account) if m in self.targets]
+            if not meters:
+                continue
+            found: dict[str, bool] = {}
+            for meter in meters:
+                target = self.targets[meter]
+                try:
+                    result = self.buses(meter).submit(target.readback(), Priority.RELAY)
+                    is_open = target.is_open(result.result(timeout))
+                except (FutureTimeout, KeyError, RuntimeError):
+                    is_open = None
+                if is_open is not None:
+                    found[meter] = is_open
+                    with self._lock:
+                        if meter not in self._ops:
+                            self._positions[meter] = Position(
+                                account, is_open, True, None, self._now_ms()
+                            )
+            state = self.charger.state(account)
+            balance = self.charger.balance(account)
+            if state == PrepaidState.DUE_TO_TRIP:
+                closed = [m for m in meters if found.get(m) is False]
+                if closed:
+                    self._due(account, closed, balance, "restart")
+                continue
+            opened = [m for m in meters if found.get(m) is True]
+            if opened and (
+                state == PrepaidState.MAY_CLOSE or balance > self._close_allow.get(account, 0)
+            ):
+                self._close(account, opened, balance, "restart")
+            elif state == PrepaidState.MAY_CLOSE and not opened:
+                self._maybe_all_closed(account)
+        _logger.info("relays: reconciled %d accounts with their meters", len(self._trips))
+
+    # --- the worker: timers and quiet-period ends -------------------------------------------
+
+    def _later(self, seconds: float, fn: Callable[[], None]) -> None:
+        with self._lock:
+            heapq.heappush(self._timers, (monotonic() + seconds, next(self._seq), fn))
+            self._wake.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if self._stopping:
+                    return
+                now = monotonic()
+                wait = 0.2  # the calendar clock is looked at this often (quiet periods)
+                if self._timers:
+                    wait = min(wait, self._timers[0][0] - now)
+                if wait > 0:
+                    self._wake.wait(wait)
+                now = monotonic()
+                due: list[Callable[[], None]] = []
+                while self._timers and self._timers[0][0] <= now:
+                    due.append(heapq.heappop(self._timers)[2])
+            for fn in due:
+                try:
+                    fn()
+                except Exception:  # a bug must be seen, not stop the relays
+                    _logger.exception("relays: a timed action failed")
+            self._quiet_ends()
+
+    def _quiet_ends(self) -> None:
+        with self._lock:
+            if not self._delayed:
+                return
+            local = self.clock.local()
+            ended = [(a, m) for a, (until, m) in self._delayed.items() if local >= until]
+            for account, _ in ended:
+                del self._delayed[account]
+        for account, meters in ended:
+            if self.charger.state(account) == PrepaidState.DUE_TO_TRIP:
+                balance = self.charger.balance(account)
+                self._due(account, meters, balance, "quiet-ended", False)
+
+    # --- records --------------------------------------------------------------------------
+
+    def _now_ms(self) -> int:
+        return int(self.clock.now().timestamp() * 1000)
+
+    def _event(self, meter: str, code: EventCode, **detail: int | str | None) -> None:
+        clean: dict[int | str, int | str] = {k: v for k, v in detail.items() if v is not None}
+        self.journal.submit(MeterEvent(meter, self._now_ms(), int(code), clean))
+
+    def _alarm(self, kind: str, **detail: int | str | None) -> None:
+        """Called with the lock held."""
+        alarm: dict[str, object] = {"kind": kind, "ts_ms": self._now_ms()}
+        alarm.update({k: v for k, v in detail.items() if v is not None})
+        self._alarms.append(alarm)
+        del self._alarms[:-50]
+
+    def _op_timeout(self) -> float:
+        s = self.settings
+        return s.confirm_attempts * (s.confirm_delay_s + READ_TIMEOUT_S) + 5
+
+
+def _wait(future: Future[bool], timeout: float) -> bool:
+    try:
+        return future.result(timeout)
+    except FutureTimeout:
+        return False

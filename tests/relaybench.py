@@ -1,0 +1,174 @@
+"""Shared helpers of the relay tests: a simulator, a gateway runtime polling it and a
+:class:`~gateway.relays.RelayController` wired to the runtime's buses and store."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from polling import ListJournal, M, sim_yaml, wait_for
+
+from gateway.clock import ManualClock
+from gateway.config import GatewayConfig, parse_config
+from gateway.poller import PollSettings
+from gateway.prepaid import PrepaidState, StateChange
+from gateway.protocols.batch import MeterEvent
+from gateway.relays import RelayController
+from gateway.runtime import Runtime
+from gateway.sim.config import parse_sim_config
+from gateway.sim.service import Simulator
+
+PRICE = 8500  # 0.85 yuan/kWh
+
+
+def gateway_config(
+    sim: Simulator,
+    buses: Sequence[tuple[str, str, int]],
+    ms: Sequence[tuple[M, str | None]],
+    accounts: Sequence[str],
+    extra: str = "",
+    store: str = "gw.db",
+) -> GatewayConfig:
+    lines = ["gateway_id: test-gw", "serial_buses:"]
+    for name, protocol, baud in buses:
+        lines.append(
+            f"  - {{name: {name}, port: '{sim.bus(name).path}', protocol: {protocol},"
+            f" baud: {baud}, parity: E}}"
+        )
+    lines.append("meters:")
+    for m, account in ms:
+        where = (
+            f"unit_id: {m.n}, profile: {m.profile}"
+            if m.protocol == "modbus"
+            else f"address: '{m.address}'"
+        )
+        acc = f", account: {account}" if account else ""
+        lines.append(f"  - {{id: {m.id}, bus: {m.bus}, {where}, ct_ratio: {m.ct}{acc}}}")
+    lines.append("accounts:")
+    lines += [f"  - {{id: {a}, type: prepaid, tariff: flat}}" for a in accounts]
+    lines += [
+        "tariffs:",
+        f"  - {{id: flat, version: 1, effective: '2024-01-01T00:00:00+08:00', kind: flat,"
+        f" price: {PRICE}}}",
+        "uplink: {host: localhost}",
+        f"store: {{path: '{store}'}}",
+    ]
+    return parse_config("\n".join(lines) + "\n" + extra, "gw.yaml")
+
+
+class StandInCharger:
+    """The charger's listener side as :mod:`gateway.relays` uses it, driven by the test:
+    :meth:`change` sets an account's state and calls the listener, as the charger does."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.meters = {
+            a.id: tuple(m.id for m in config.meters if m.account == a.id) for a in config.accounts
+        }
+        self.states: dict[str, PrepaidState] = {}
+        self.balances: dict[str, int] = {}
+        self.closed: list[str] = []
+        self.listener: RelayController | None = None
+        self.lock = threading.Lock()
+
+    def change(self, account: str, new: PrepaidState, balance: int, ts_ms: int = 0) -> None:
+        with self.lock:
+            old = self.states.get(account, PrepaidState.NORMAL)
+            self.states[account] = new
+            self.balances[account] = balance
+        assert self.listener is not None
+        self.listener.on_state(StateChange(account, ts_ms, old, new, balance), self.meters[account])
+
+    def balance(self, account: str) -> int:
+        return self.balances.get(account, 0)
+
+    def state(self, account: str) -> PrepaidState:
+        return self.states.get(account, PrepaidState.NORMAL)
+
+    def accounts_in(self, state: PrepaidState) -> list[str]:
+        return sorted(a for a, s in self.states.items() if s == state)
+
+    def meters_of(self, account: str) -> tuple[str, ...]:
+        return self.meters.get(account, ())
+
+    def relay_closed(self, account: str) -> None:
+        with self.lock:
+            self.closed.append(account)
+            if self.states.get(account) == PrepaidState.MAY_CLOSE:
+                self.states[account] = PrepaidState.NORMAL
+
+
+@dataclass
+class RelayBench:
+    sim: Simulator
+    clock: ManualClock
+    config: GatewayConfig
+    runtime: Runtime
+    relays: RelayController
+    charger: StandInCharger
+    events: ListJournal
+
+    def relay_closed(self, meter: str) -> bool:
+        closed = self.sim.truth(meter)["meters"][meter]["relay_closed"]
+        assert isinstance(closed, bool)
+        return closed
+
+    def energy(self, meter: str) -> int:
+        wh = self.sim.truth(meter)["meters"][meter]["energy_import_wh"]
+        assert isinstance(wh, int)
+        return wh
+
+    def codes(self, code: int, meter: str | None = None) -> list[MeterEvent]:
+        return [e for e in self.events.events(code) if meter in (None, e.meter)]
+
+    def wait_event(self, code: int, meter: str | None = None, count: int = 1) -> MeterEvent:
+        wait_for(lambda: len(self.codes(code, meter)) >= count, 20, f"event {code} {meter}")
+        return self.codes(code, meter)[count - 1]
+
+
+@contextmanager
+def relay_bench(
+    tmp: Path,
+    buses: Sequence[tuple[str, str, int]],
+    ms: Sequence[tuple[M, str | None]],
+    accounts: Sequence[str],
+    extra: str = "",
+    clock: ManualClock | None = None,
+    interval: float = 0.0,
+) -> Iterator[RelayBench]:
+    """Simulator + runtime polling it (no charging) + relay controller on a stand-in
+    charger; relay events go to a list."""
+    from polling import START
+
+    manual = clock or ManualClock(START)
+    sim_config = parse_sim_config(sim_yaml(buses, [m for m, _ in ms]), "s.yaml", link_dir=str(tmp))
+    with Simulator(sim_config, manual) as sim:
+        config = gateway_config(sim, buses, ms, accounts, extra, store=str(tmp / "gw.db"))
+        runtime = Runtime(
+            config,
+            store_path=tmp / "gw.db",
+            clock=manual,
+            settings=PollSettings(interval=interval, max_power_w=10**9),
+            status_socket=None,
+            reopen_max=0.2,
+        )
+        with runtime:
+            assert runtime.writer is not None
+            charger = StandInCharger(config)
+            events = ListJournal()
+            relays = RelayController(
+                config,
+                runtime.bus_for,
+                events,
+                manual,
+                charger,
+                runtime.writer,  # type: ignore[arg-type]
+            )
+            charger.listener = relays
+            relays.start()
+            try:
+                yield RelayBench(sim, manual, config, runtime, relays, charger, events)
+            finally:
+                relays.stop()
