@@ -15,7 +15,9 @@ services (collection tasks, time sync) use :meth:`Runtime.bus_for`, :attr:`clock
 :meth:`Runtime.add_status`; ``calendar=True`` attaches them
 (:func:`gateway.tasks.attach.attach`), as ``gateway run`` does.  ``uplink=True``
 starts the :class:`~gateway.uplink.Uplink` (the journal's batches to the configured
-broker; status section ``uplink``), as ``gateway run`` does unless ``--no-uplink``.
+broker; status section ``uplink``), as ``gateway run`` does unless ``--no-uplink``,
+and with it the :class:`~gateway.commands.CommandService` (the master's signed commands
+from ``down/cmd``, answered on ``up/reply``; status section ``commands``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from zoneinfo import ZoneInfo
 from gateway import __version__
 from gateway.charging import Charger
 from gateway.clock import Clock, SystemClock
+from gateway.commands import CommandService
 from gateway.config import GatewayConfig
 from gateway.drivers.bus import Bus
 from gateway.drivers.registry import make_driver
@@ -82,6 +85,7 @@ class Runtime:
             uplink if isinstance(uplink, UplinkSettings) else UplinkSettings() if uplink else None
         )
         self.uplink: Uplink | None = None
+        self.commands: CommandService | None = None
         self.charging = charging
         self.charger: Charger | None = None
         self.store: Store | None = None
@@ -146,7 +150,11 @@ class Runtime:
             if self.calendar_enabled:
                 self.calendar = attach(self)
             if self.uplink_settings is not None:
-                self.uplink = Uplink(store, self.config.uplink, self.uplink_settings).start()
+                self.commands = CommandService(self, self.config.commands.public_key).start()
+                self.add_status("commands", self.commands.status)
+                self.uplink = Uplink(
+                    store, self.config.uplink, self.uplink_settings, on_command=self.commands.submit
+                ).start()
                 self.add_status("uplink", self.uplink.status)
             if self.status_socket is not None:
                 self._server = StatusServer(self.status_socket, self.status)
@@ -169,6 +177,9 @@ class Runtime:
         if self._server is not None:
             self._server.stop()
             self._server = None
+        if self.commands is not None:
+            self.commands.stop()  # the command in hand finishes (it uses the buses, the store)
+            self.commands = None
         if self.calendar is not None:
             self.calendar.stop()  # its tick thread uses the buses
             self.calendar = None

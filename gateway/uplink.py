@@ -17,6 +17,11 @@ seq is re-sent, and so is every unacknowledged batch after a reconnection or whe
 acknowledgement came within ``ack_timeout``.  At most ``window`` batches are built
 and unacknowledged at a time; after an outage the backlog is built into batches at
 ``drain_rate`` batches/s, while live batches (the newest records) go first.
+
+Commands: given ``on_command``, the uplink also subscribes to ``down/cmd`` on the same
+connection (persistent session: commands sent while the gateway was away arrive when
+it is back) and hands each payload to ``on_command`` from the worker thread (it must
+only queue).  :meth:`Uplink.publish_reply` sends a reply on ``up/reply`` at QoS 1.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +50,8 @@ from gateway.protocols.topics import (
     STATUS_ONLINE,
     ack_topic,
     batch_topic,
+    command_topic,
+    reply_topic,
     status_topic,
 )
 from gateway.store.outbox import Built, Outbox, OutboxReader
@@ -91,8 +99,10 @@ class Uplink:
         settings: UplinkSettings | None = None,
         *,
         gateway_id: str | None = None,
+        on_command: Callable[[bytes], object] | None = None,
     ) -> None:
         self.store = store
+        self.on_command = on_command
         self.config = config
         self.settings = s = settings or UplinkSettings()
         self.gateway_id = gateway_id or store.meta.gateway_id
@@ -102,6 +112,8 @@ class Uplink:
             self._batch_topic = batch_topic(config.prefix, self.gateway_id)
             self._status_topic = status_topic(config.prefix, self.gateway_id)
             self._ack_topic = ack_topic(config.prefix, self.gateway_id)
+            self._command_topic = command_topic(config.prefix, self.gateway_id)
+            self._reply_topic = reply_topic(config.prefix, self.gateway_id)
         except GatewayError as exc:
             raise UplinkError(f"uplink topics: {exc}") from exc
         self._events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
@@ -154,6 +166,10 @@ class Uplink:
 
     def alive(self) -> bool:
         return self._worker_thread.is_alive() and self._network_thread.is_alive()
+
+    def publish_reply(self, payload: bytes) -> None:
+        """Send a command reply on ``up/reply`` (QoS 1; any thread, never blocks)."""
+        self._events.put(("reply", bytes(payload)))
 
     def status(self) -> dict[str, object]:
         """Broker state, outbox depth and counters (for ``gateway status`` and the demo)."""
@@ -305,6 +321,8 @@ class Uplink:
             self._inflight.clear()
             self._sent_at.clear()
             self._client.subscribe(self._ack_topic, qos=QOS)
+            if self.on_command is not None:
+                self._client.subscribe(self._command_topic, qos=QOS)
             self._client.publish(self._status_topic, STATUS_ONLINE, qos=QOS, retain=True)
             with self._lock:
                 self._mqtt_ok = True
@@ -325,6 +343,11 @@ class Uplink:
             self._inflight.pop(event[1], None)
         elif kind == "message" and event[1] == self._ack_topic:
             self._on_ack(event[2])
+        elif kind == "message" and event[1] == self._command_topic and self.on_command:
+            self.on_command(event[2])
+        elif kind == "reply":
+            # paho queues a QoS 1 message while disconnected and sends it once back
+            self._client.publish(self._reply_topic, event[1], qos=QOS)
 
     def _on_ack(self, payload: bytes) -> None:
         try:

@@ -5,11 +5,21 @@
     gateway master run --db PATH --broker HOST:PORT [--prefix gw] [--share GROUP]
                        [--client-id ID] [-v]
     gateway master stats --db PATH
+    gateway master keys --out DIR [--force]
+    gateway master command --broker HOST:PORT [--prefix gw] --gateway ID --key PRIVATE.pem
+                           --kind KIND [--arg KEY=VALUE ...] [--text KEY=VALUE ...]
+                           [--expires-in S] [--timeout S] [--json]
 
 ``run`` stores every gateway's batches once and acknowledges them on ``down/ack``
 until SIGTERM or SIGINT; one log line per event on stderr.  It exits 1 if the store
 fails (nothing more is acknowledged then).  ``stats`` prints, per gateway, its status,
 epochs, batches and records stored and when it was last seen.
+
+``keys`` writes the master's Ed25519 key pair for signed commands (private key mode
+0600, never overwritten without ``--force``) and prints the public key as base64, the
+value of a gateway's ``commands.public_key``.  ``command`` signs a command, publishes it
+on the gateway's ``down/cmd`` and prints its reply from ``up/reply`` (one line, or
+``--json``); exit 0 when applied, 1 refused or failed, 2 no reply in time or bad usage.
 
 Test-only fault injection: ``GATEWAY_MASTER_STALL_AFTER_COMMIT=SECONDS`` makes ``run``
 sleep after each round's commits, before acknowledging (the window a SIGKILL test aims
@@ -21,6 +31,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -51,11 +62,143 @@ def configure(parser: argparse.ArgumentParser) -> None:
     s = sub.add_parser("stats", help="per gateway: status, batches, readings, last seen")
     s.add_argument("--db", required=True, metavar="PATH", help="the master's SQLite store")
 
+    k = sub.add_parser("keys", help="write the master's Ed25519 key pair for signed commands")
+    k.add_argument("--out", required=True, metavar="DIR", help="directory for the key files")
+    k.add_argument("--force", action="store_true", help="replace an existing private key")
+    c = sub.add_parser(
+        "command",
+        help="sign a command, send it to a gateway and print its reply",
+        description="Values of --arg are integers, true/false, null, else text; --text is"
+        " always text.  Money in 0.0001 yuan.  Kinds: " + ", ".join(_kind_names()),
+    )
+    c.add_argument("--broker", required=True, type=_broker, metavar="HOST:PORT", help="MQTT broker")
+    c.add_argument("--prefix", default="gw", help="topic prefix (gw)")
+    c.add_argument("--gateway", required=True, metavar="ID", help="the gateway's id")
+    c.add_argument("--key", required=True, metavar="PRIVATE.pem", help="the master's private key")
+    c.add_argument(
+        "--kind", required=True, choices=_kind_names(), metavar="KIND", help="e.g. top-up"
+    )
+    c.add_argument(
+        "--arg", action="append", default=[], type=_pair, metavar="KEY=VALUE", help="an argument"
+    )
+    c.add_argument(
+        "--text",
+        action="append",
+        default=[],
+        type=_pair,
+        metavar="KEY=VALUE",
+        help="a text argument",
+    )
+    c.add_argument("--expires-in", type=int, default=300, metavar="S", help="validity (300 s)")
+    c.add_argument(
+        "--timeout", type=float, default=10.0, metavar="S", help="wait for the reply (10)"
+    )
+    c.add_argument("--json", action="store_true", help="print the reply as JSON")
+
 
 def run(args: argparse.Namespace) -> int:
     if args.action == "stats":
         return _stats(args)
+    if args.action == "keys":
+        return _keys(args)
+    if args.action == "command":
+        return _command(args)
     return _run(args)
+
+
+def _kind_names() -> list[str]:
+    from gateway.master.command import KIND_NAMES
+
+    return list(KIND_NAMES)
+
+
+def _pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE")
+    return key, value
+
+
+def _value(text: str) -> int | bool | str | None:
+    if re.fullmatch(r"-?(0|[1-9][0-9]*)", text):  # "007" stays text: an id, not a number
+        return int(text)
+    return {"true": True, "false": False, "null": None}.get(text, text)
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from gateway.commands.keys import write_key_pair
+
+    try:
+        pair = write_key_pair(args.out, overwrite=args.force)
+    except FileExistsError as exc:
+        print(f"gateway master keys: {exc.filename} exists (--force replaces it)", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"gateway master keys: {exc}", file=sys.stderr)
+        return 2
+    print(f"private key: {pair.private_path} (keep it secret; mode 0600)", file=sys.stderr)
+    print(f"public key:  {pair.public_path}", file=sys.stderr)
+    print("gateway config: commands: {public_key: <the line below>}", file=sys.stderr)
+    print(pair.public_base64)
+    return 0
+
+
+def _command(args: argparse.Namespace) -> int:
+    import json
+
+    from gateway.commands.keys import load_private_key
+    from gateway.errors import GatewayError
+    from gateway.master.command import KIND_NAMES, build_command, send_command
+    from gateway.protocols.command import ArgValue, ReasonCode, ReplyStatus
+
+    if not 0 < args.expires_in <= 86_400:
+        print("gateway master command: --expires-in must be 1..86400 s", file=sys.stderr)
+        return 2
+    values: dict[str, ArgValue] = {key: _value(value) for key, value in args.arg}
+    values.update(dict(args.text))
+    host, port = args.broker
+    try:
+        key = load_private_key(args.key)
+        cmd = build_command(
+            args.gateway, KIND_NAMES[args.kind], values, key, expires_in_s=args.expires_in
+        )
+        reply = send_command(host, port, args.prefix, cmd, timeout=args.timeout)
+    except GatewayError as exc:
+        print(f"gateway master command: {exc}", file=sys.stderr)
+        return 2
+    ident = cmd.command_id.hex()
+    if reply is None:
+        print(f"gateway master command: no reply to {ident} in {args.timeout:g} s", file=sys.stderr)
+        return 2
+    status = ReplyStatus(reply.status).name
+    reason = reply.reason.name if isinstance(reply.reason, ReasonCode) else str(reply.reason)
+    if args.json:
+        doc = {
+            "command_id": ident,
+            "kind": args.kind,
+            "status": status,
+            "reason": reason,
+            "text": reply.text,
+            "result": reply.result,
+        }
+        print(json.dumps(doc, default=_jsonable, sort_keys=True))
+    else:
+        line = f"{status} {args.kind} {ident}"
+        if reply.status != ReplyStatus.OK:
+            line += f" {reason}"
+        if reply.text:
+            line += f": {reply.text}"
+        fields = " ".join(
+            f"{k}={json.dumps(v, default=_jsonable)}" for k, v in reply.result.items()
+        )
+        print(f"{line} {fields}".rstrip())
+    return 0 if reply.status == ReplyStatus.OK else 1
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, bytes):
+        return value.hex()
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 def _broker(text: str) -> tuple[str, int]:

@@ -106,6 +106,8 @@ class ReasonCode(IntEnum):
     DEVICE = 11
     """A meter or relay did not do what was asked."""
     INTERNAL = 12
+    UNAVAILABLE = 13
+    """This gateway cannot do it: not supported yet, or the component is not running."""
 
 
 @dataclass(frozen=True, slots=True)

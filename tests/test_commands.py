@@ -1,0 +1,297 @@
+"""Signed commands end to end: master (gateway.master.command) -> a real Mosquitto ->
+the gateway's uplink -> CommandService -> ledger, and the reply back on ``up/reply``.
+
+A signed top-up is applied once however often it is sent; forged, expired, replayed,
+unsigned, wrong-gateway and malformed commands are refused with their reason and
+change nothing; a command's id survives a restart; while the clock is untrusted only
+a time-set is taken; a missing component is FAILED, not a crash."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from polling import START, M, sim_yaml, wait_for
+
+from gateway.clock import ManualClock
+from gateway.commands.keys import public_key_bytes
+from gateway.config import parse_config
+from gateway.master.command import build_command, send_command
+from gateway.mosquitto import Mosquitto
+from gateway.poller import PollSettings
+from gateway.protocols.command import (
+    ArgValue,
+    Command,
+    CommandKind,
+    CommandReply,
+    ReasonCode,
+    ReplyStatus,
+)
+from gateway.runtime import Runtime
+from gateway.sim.config import parse_sim_config
+from gateway.sim.service import Simulator
+from gateway.store.ledger import LedgerReader
+from gateway.uplink import UplinkSettings
+
+GW = "test-gw"
+METER = M("dl1", "dl", "dlt645", 1, energy_wh=10_000, watts=0, turnaround_ms=5)
+YUAN = 10_000
+
+
+def config_yaml(sim: Simulator, broker: Mosquitto, public_key: bytes | None) -> str:
+    key = f"'{base64.b64encode(public_key).decode()}'" if public_key else "null"
+    return f"""\
+gateway_id: {GW}
+serial_buses:
+  - {{name: dl, port: '{sim.bus("dl").path}', protocol: dlt645, baud: 38400, parity: E}}
+meters:
+  - {{id: dl1, bus: dl, address: '{METER.address}', account: A}}
+accounts:
+  - {{id: A, type: prepaid, tariff: flat}}
+tariffs:
+  - {{id: flat, version: 1, effective: "2024-01-01T00:00:00+08:00", kind: flat, price: 8500}}
+uplink: {{host: {broker.host}, port: {broker.port}, client_id: gateway-test-gw}}
+commands: {{public_key: {key}}}
+"""
+
+
+@contextmanager
+def simulator(tmp: Path, clock: ManualClock) -> Iterator[Simulator]:
+    text = sim_yaml([("dl", "dlt645", 38400)], [METER])
+    config = parse_sim_config(text, "s.yaml", link_dir=str(tmp))
+    with Simulator(config, clock) as sim:
+        yield sim
+
+
+@contextmanager
+def gateway(
+    tmp: Path,
+    broker: Mosquitto,
+    public_key: bytes | None,
+    clock: ManualClock,
+) -> Iterator[Runtime]:
+    with simulator(tmp, clock) as sim:
+        config = parse_config(config_yaml(sim, broker, public_key), str(tmp / "gw.yaml"))
+        rt = Runtime(
+            config,
+            store_path=tmp / "gw.db",
+            clock=clock,
+            settings=PollSettings(interval=0, max_power_w=10**9),
+            status_socket=None,
+            reopen_max=0.2,
+            uplink=UplinkSettings(),
+            charging=True,
+        )
+        with rt:
+            assert rt.uplink is not None
+            wait_for(lambda: rt.uplink is not None and rt.uplink.connected, 10, "uplink")
+            yield rt
+
+
+@pytest.fixture
+def master_key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+def command(
+    rt: Runtime,
+    key: Ed25519PrivateKey,
+    kind: CommandKind,
+    args: dict[str, ArgValue],
+    *,
+    gateway_id: str = GW,
+    issued_ms: int | None = None,
+    expires_in_s: int = 300,
+) -> Command:
+    now = rt.now_ms() if issued_ms is None else issued_ms
+    return build_command(gateway_id, kind, args, key, expires_in_s=expires_in_s, now_ms=now)
+
+
+def send(broker: Mosquitto, cmd: Command) -> CommandReply:
+    reply = send_command(broker.host, broker.port, "gw", cmd, timeout=20, to=GW)
+    assert reply is not None, "no reply from the gateway"
+    assert reply.command_id == cmd.command_id
+    return reply
+
+
+def top_up(amount: int, top_up_id: str) -> dict[str, ArgValue]:
+    return {"account": "A", "amount": amount, "top_up_id": top_up_id}
+
+
+def state(rt: Runtime) -> tuple[int | None, int, int]:
+    """The account's balance, its ledger entries and the command ids kept (on disk)."""
+    rt.writer.flush(10) if rt.writer else None
+    with LedgerReader(rt.store_path) as reader:
+        balance = reader.balance("A")
+        entries = len(reader.entries())
+    with sqlite3.connect(rt.store_path) as conn:
+        kept = conn.execute("SELECT count(*) FROM commands").fetchone()[0]
+    return balance, entries, kept
+
+
+def test_a_signed_top_up_is_applied_once(
+    broker: Mosquitto, tmp_path: Path, master_key: Ed25519PrivateKey
+) -> None:
+    with gateway(tmp_path, broker, public_key_bytes(master_key), ManualClock(START)) as rt:
+        balance0, entries0, _ = state(rt)
+        cmd = command(rt, master_key, CommandKind.TOP_UP, top_up(100 * YUAN, "T-1"))
+        first = send(broker, cmd)
+        assert (first.status, first.reason) == (ReplyStatus.OK, ReasonCode.NONE)
+        assert first.result["balance"] == (balance0 or 0) + 100 * YUAN
+        assert first.result["duplicate"] is False
+        assert state(rt) == ((balance0 or 0) + 100 * YUAN, entries0 + 1, 1)
+
+        again = send(broker, cmd)  # the very same command: a replay
+        assert (again.status, again.reason) == (ReplyStatus.REFUSED, ReasonCode.REPLAYED)
+        original = again.result["original"]
+        assert isinstance(original, dict)
+        assert original["status"] == ReplyStatus.OK
+        assert original["result"] == first.result
+        assert state(rt) == ((balance0 or 0) + 100 * YUAN, entries0 + 1, 1)
+
+        # A new command carrying the same top-up id: the ledger applies a top-up id once.
+        other = send(broker, command(rt, master_key, CommandKind.TOP_UP, top_up(100 * YUAN, "T-1")))
+        assert other.status == ReplyStatus.OK
+        assert other.result["duplicate"] is True
+        assert other.result["entry_id"] == first.result["entry_id"]
+        assert state(rt) == ((balance0 or 0) + 100 * YUAN, entries0 + 1, 2)
+
+
+def test_forged_expired_unsigned_and_misdirected_commands_change_nothing(
+    broker: Mosquitto, tmp_path: Path, master_key: Ed25519PrivateKey
+) -> None:
+    clock = ManualClock(START)
+    with gateway(tmp_path, broker, public_key_bytes(master_key), clock) as rt:
+        before = state(rt)
+        args = top_up(50 * YUAN, "T-2")
+        signed = command(rt, master_key, CommandKind.TOP_UP, args)
+        forger = Ed25519PrivateKey.generate()
+        cases: list[tuple[Command, ReasonCode, str]] = [
+            (command(rt, forger, CommandKind.TOP_UP, args), ReasonCode.BAD_SIGNATURE, "signature"),
+            (
+                command(rt, master_key, CommandKind.TOP_UP, args, issued_ms=rt.now_ms() - 600_000),
+                ReasonCode.EXPIRED,
+                "expired",
+            ),
+            (
+                dataclasses.replace(signed, signature=None),
+                ReasonCode.UNSIGNED,
+                "not signed",
+            ),
+            (
+                command(rt, master_key, CommandKind.TOP_UP, args, gateway_id="other-gw"),
+                ReasonCode.WRONG_GATEWAY,
+                "other-gw",
+            ),
+            (
+                command(rt, master_key, CommandKind.TOP_UP, args, expires_in_s=3 * 86_400),
+                ReasonCode.POLICY,
+                "valid for",
+            ),
+        ]
+        # A signature over other arguments: the amount changed after signing.
+        tampered = dataclasses.replace(signed, args={**args, "amount": 5000 * YUAN})
+        cases.append((tampered, ReasonCode.BAD_SIGNATURE, "signature"))
+        for cmd, reason, words in cases:
+            reply = send(broker, cmd)
+            assert (reply.status, reply.reason) == (ReplyStatus.REFUSED, reason), reply
+            assert words in reply.text
+            assert state(rt) == before, reason
+        assert rt.commands is not None
+        garbage = rt.commands.submit(b"\xa1\x00\x01 not a command").result(20)
+        assert (garbage.status, garbage.reason) == (ReplyStatus.REFUSED, ReasonCode.MALFORMED)
+        assert garbage.command_id == b""
+        assert state(rt) == before
+
+        # The untampered command is still good: refusals spent nothing.
+        assert send(broker, signed).status == ReplyStatus.OK
+        assert state(rt)[0] == (before[0] or 0) + 50 * YUAN
+        # Later than its expiry by the gateway's clock, a replay is refused as expired.
+        clock.advance(301)
+        late = send(broker, signed)
+        assert (late.status, late.reason) == (ReplyStatus.REFUSED, ReasonCode.EXPIRED)
+
+
+def test_no_key_configured_refuses_everything(
+    broker: Mosquitto, tmp_path: Path, master_key: Ed25519PrivateKey
+) -> None:
+    with gateway(tmp_path, broker, None, ManualClock(START)) as rt:
+        before = state(rt)
+        reply = send(broker, command(rt, master_key, CommandKind.TOP_UP, top_up(YUAN, "T-3")))
+        assert (reply.status, reply.reason) == (ReplyStatus.REFUSED, ReasonCode.UNSIGNED)
+        assert "no public key" in reply.text
+        assert state(rt) == before
+
+
+def test_a_command_id_outlives_a_restart(
+    broker: Mosquitto, tmp_path: Path, master_key: Ed25519PrivateKey
+) -> None:
+    clock = ManualClock(START)
+    with gateway(tmp_path, broker, public_key_bytes(master_key), clock) as rt:
+        cmd = command(rt, master_key, CommandKind.TOP_UP, top_up(7 * YUAN, "T-4"))
+        assert send(broker, cmd).status == ReplyStatus.OK
+        after = state(rt)
+    with gateway(tmp_path, broker, public_key_bytes(master_key), clock) as rt:
+        reply = send(broker, cmd)
+        assert (reply.status, reply.reason) == (ReplyStatus.REFUSED, ReasonCode.REPLAYED)
+        assert state(rt) == after
+
+
+def test_untrusted_clock_takes_only_a_time_set(
+    broker: Mosquitto, tmp_path: Path, master_key: Ed25519PrivateKey
+) -> None:
+    clock = ManualClock(START, trusted=False)
+    with gateway(tmp_path, broker, public_key_bytes(master_key), clock) as rt:
+        master_now = rt.now_ms() + 3_600_000  # the gateway's clock is an hour behind
+        before = state(rt)
+        cmd = command(rt, master_key, CommandKind.TOP_UP, top_up(YUAN, "T-5"), issued_ms=master_now)
+        reply = send(broker, cmd)
+        assert (reply.status, reply.reason) == (ReplyStatus.REFUSED, ReasonCode.TIME_UNTRUSTED)
+        assert state(rt) == before
+
+        stale = command(rt, master_key, CommandKind.TIME_SET, {}, issued_ms=master_now - 60_000)
+        time_set = command(rt, master_key, CommandKind.TIME_SET, {}, issued_ms=master_now)
+        reply = send(broker, time_set)
+        assert reply.status == ReplyStatus.OK, reply
+        assert reply.result["set"] is True
+        assert abs(reply.result["offset_ms"] - 3_600_000) < 5_000  # type: ignore[operator]
+        assert clock.trusted and clock.trust_source == "master"
+        assert abs(rt.now_ms() - master_now) < 5_000
+
+        assert send(broker, cmd).status == ReplyStatus.OK  # now judged by a trusted clock
+        # An older time-set replayed while the clock is untrusted again cannot wind it back.
+        clock.distrust()
+        reply = send(broker, stale)
+        assert (reply.status, reply.reason) == (ReplyStatus.REFUSED, ReasonCode.EXPIRED)
+        assert abs(rt.now_ms() - master_now) < 5_000
+
+
+def test_missing_components_and_unsupported_kinds_fail_plainly(
+    broker: Mosquitto, tmp_path: Path, master_key: Ed25519PrivateKey
+) -> None:
+    with gateway(tmp_path, broker, public_key_bytes(master_key), ManualClock(START)) as rt:
+        rt.relays = None  # type: ignore[attr-defined]  # relay control not running
+        before = state(rt)
+        protect = command(rt, master_key, CommandKind.PROTECT, {"account": "A", "on": True})
+        reply = send(broker, protect)
+        assert (reply.status, reply.reason) == (ReplyStatus.FAILED, ReasonCode.UNAVAILABLE)
+        assert "relay control is not running" in reply.text
+        tariff = send(broker, command(rt, master_key, CommandKind.TARIFF, {"id": "flat"}))
+        assert (tariff.status, tariff.reason) == (ReplyStatus.FAILED, ReasonCode.UNAVAILABLE)
+        assert "not supported by this gateway yet" in tariff.text
+        bad = send(broker, command(rt, master_key, CommandKind.TOP_UP, {"account": "A"}))
+        assert (bad.status, bad.reason) == (ReplyStatus.REFUSED, ReasonCode.BAD_ARGUMENTS)
+        assert "amount" in bad.text
+        unknown = send(broker, command(rt, master_key, 99, {}))  # type: ignore[arg-type]
+        assert (unknown.status, unknown.reason) == (ReplyStatus.REFUSED, ReasonCode.UNKNOWN_KIND)
+        balance, entries, kept = state(rt)
+        assert (balance, entries) == before[:2]
+        assert kept == before[2] + 4  # each id is spent: a repeat cannot try again
+        assert rt.commands is not None and rt.commands.alive()
+        assert send(broker, protect).reason == ReasonCode.REPLAYED
