@@ -174,21 +174,29 @@ def test_the_storm_guard_stops_a_mass_trip(tmp_path: Path) -> None:
 
 
 def test_restart_reconciles_the_meters_with_the_ledger(tmp_path: Path) -> None:
-    extra = FAST.replace("allow", "direct")
-    ms = [(dl(1), "A"), (dl(2), "B"), (dl(3), "C")]
-    with relay_bench(tmp_path, DL, ms, ["A", "B", "C"], extra) as b:
-        # the state a SIGKILL may leave: A due with its relay closed, B back in credit
-        # with its relay open, C due and already open
+    extra = FAST.replace("allow", "direct") + "polling: {interval_s: 1}\n"  # recheck: 5 s
+    names = "ABCDE"
+    ms = [(dl(i), a) for i, a in enumerate(names, 1)]
+    with relay_bench(tmp_path, DL, ms, list(names), extra) as b:
+        # what a restart may find: A due, relay closed; B due, already open; C may close,
+        # still open; D in credit but open (its tripping reading lost in a kill, or opened
+        # by hand); E open and not above the close-allow level
         b.relays.stop()
-        b.sim.meter("d2").physics.open_relay(b.clock.now())  # type: ignore[attr-defined]
-        b.sim.meter("d3").physics.open_relay(b.clock.now())  # type: ignore[attr-defined]
-        b.charger.states.update({"A": DUE, "B": PrepaidState.NORMAL, "C": DUE})
-        b.charger.balances.update({"A": -5, "B": 50_000, "C": -9})
+        for meter in ("d2", "d3", "d4", "d5"):
+            b.sim.meter(meter).physics.open_relay(b.clock.now())  # type: ignore[attr-defined]
+        b.charger.states.update({"A": DUE, "B": DUE, "C": MAY_CLOSE})
+        b.charger.balances.update({"A": -5, "B": -9, "C": 20_000, "D": 50_000, "E": -3})
         b.relays.start()
         b.wait_event(EventCode.RELAY_TRIPPED, "d1")
-        b.wait_event(EventCode.RELAY_CLOSED, "d2")
-        assert not b.relay_closed("d1") and b.relay_closed("d2") and not b.relay_closed("d3")
-        assert b.codes(EventCode.RELAY_TRIPPED, "d3") == []
+        b.wait_event(EventCode.RELAY_CLOSED, "d3")
+        wait_for(lambda: b.charger.closed == ["C"], 10, "charger told C closed")
+        assert not b.relay_closed("d4")  # not at once: the polls may charge it first
+        event = b.wait_event(EventCode.RELAY_CLOSED, "d4")  # after the recheck
+        assert event.detail["reason"] == "restart" and event.detail["balance"] == 50_000
+        closed = {m: b.relay_closed(m) for m in ("d1", "d2", "d3", "d4", "d5")}
+        assert closed == {"d1": False, "d2": False, "d3": True, "d4": True, "d5": False}
+        assert b.codes(EventCode.RELAY_TRIPPED, "d2") == []
+        assert b.codes(EventCode.RELAY_CLOSED, "d5") == []
 
 
 def test_relay_test_trips_and_closes(tmp_path: Path) -> None:

@@ -26,10 +26,12 @@ evaluated on the injected clock).
 What is remembered (store migration 6, :mod:`gateway.relays.memory`): protect mode set
 by :meth:`set_protect` (it overrides the config's ``protect``), each meter's commanded
 position and the storm stop.  At :meth:`start` the relays of every account that trips on
-arrears are read back and reconciled with the charger's state: a due account's closed
-relay is tripped, an open relay of an account whose balance is above its close-allow
-level is closed (a SIGKILL between a trip and its charge reaching the disk, or the
-charger's forgotten "tripped" memory after a restart).
+arrears are read back and reconciled with the charger's state (which the charger keeps
+on disk with each reading): a due account's closed relay is tripped, an open relay of an
+account that may close is closed.  An open relay of an account the charger does not hold
+tripped (a SIGKILL between a trip and its reading's transaction reaching the disk: the
+next poll charges that energy again) is looked at again after two poll intervals (at
+least 5 s) and closed if the balance is then above the close-allow level.
 """
 
 from __future__ import annotations
@@ -67,6 +69,9 @@ _logger = logging.getLogger(__name__)
 
 BUTTON_WAIT_MAX_S = 60.0
 """Longest pause between read-backs while a close-allow waits for the tenant's button."""
+RECHECK_MIN_S = 5.0
+"""Least wait before an open relay of an account the charger does not hold tripped is
+looked at again after a restart (then: twice the poll interval)."""
 READ_TIMEOUT_S = 30.0
 """How long the restart reconciliation and a relay test wait for one bus job."""
 
@@ -134,6 +139,7 @@ class RelayController:
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._recheck_s = max(RECHECK_MIN_S, 2 * config.polling.interval_s)
         self.counts = {"trips": 0, "closes": 0, "unconfirmed": 0, "resends": 0, "quiet_delays": 0}
 
     # --- life -------------------------------------------------------------------------
@@ -604,14 +610,27 @@ class RelayController:
                 if closed:
                     self._due(account, closed, balance, "restart")
                 continue
-            opened = [m for m in meters if found.get(m) is True]
-            if opened and (
-                state == PrepaidState.MAY_CLOSE or balance > self._close_allow.get(account, 0)
-            ):
-                self._close(account, opened, balance, "restart")
-            elif state == PrepaidState.MAY_CLOSE and not opened:
-                self._maybe_all_closed(account)
+            opened = tuple(m for m in meters if found.get(m) is True)
+            if state == PrepaidState.MAY_CLOSE:
+                if opened:
+                    self._close(account, opened, balance, "restart")
+                else:
+                    self._maybe_all_closed(account)
+            elif opened:
+                # Open, yet the charger does not hold the account tripped: the reading that
+                # tripped it may not have reached the disk before a kill (its energy is
+                # charged again by the next poll), or someone else opened it.  Look again
+                # once the meters have been polled.
+                self._later(self._recheck_s, lambda a=account, o=opened: self._recheck(a, o))
         _logger.info("relays: reconciled %d accounts with their meters", len(self._trips))
+
+    def _recheck(self, account: str, meters: tuple[str, ...]) -> None:
+        state = self.charger.state(account)
+        balance = self.charger.balance(account)
+        if state in (PrepaidState.DUE_TO_TRIP, PrepaidState.MAY_CLOSE):
+            return  # the charger's listener took it over
+        if balance > self._close_allow.get(account, 0):
+            self._close(account, meters, balance, "restart")
 
     # --- the worker: timers and quiet-period ends -------------------------------------------
 
