@@ -115,11 +115,13 @@ class StateTracker:
         *,
         account_type: AccountType,
         trip_on_arrears: bool,
+        thresholds: Thresholds | None = None,
     ) -> StateChange | None:
-        """The account's new state for ``balance``; the change, or None when unchanged."""
+        """The account's new state for ``balance`` (under ``thresholds``, default: the
+        tracker's); the change, or None when unchanged."""
         new = evaluate(
             balance,
-            self.thresholds,
+            thresholds or self.thresholds,
             account_type=account_type,
             trip_on_arrears=trip_on_arrears,
             tripped=account in self._tripped,
@@ -133,3 +135,23 @@ class StateTracker:
     def relay_closed(self, account: str) -> None:
         """Step 7 closed the account's relays: it is no longer held tripped."""
         self._tripped.discard(account)
+
+    def tripped(self, account: str) -> bool:
+        """Whether the account is held tripped (from ``due_to_trip`` until closed)."""
+        return account in self._tripped
+
+    def restore(self, account: str, state: PrepaidState, tripped: bool) -> None:
+        """Set an account's state as recorded (a restart), without an event."""
+        self._state[account] = state
+        if tripped:
+            self._tripped.add(account)
+        else:
+            self._tripped.discard(account)
+
+    def forget(self, account: str) -> None:
+        self._state.pop(account, None)
+        self._tripped.discard(account)
+
+    def accounts_in(self, state: PrepaidState) -> list[str]:
+        """The accounts now in ``state``, sorted."""
+        return sorted(a for a, s in list(self._state.items()) if s == state)

@@ -126,7 +126,7 @@ class Runtime:
                 Ledger(store).sync_accounts(
                     self.config.accounts, opened_day=today, opened_ms=self.now_ms()
                 ).result()
-                self.charger = Charger(store.writer, self.config)
+                self.charger = Charger(store.writer, self.config, now_ms=self.now_ms)
                 journal = self.charger
                 self.add_status("charging", self.charger.status)
             for bus_config in self.config.serial_buses:
@@ -188,6 +188,9 @@ class Runtime:
         if self.uplink is not None:
             self.uplink.stop()  # it uses the store's writer
             self.uplink = None
+        if self.charger is not None:
+            self.charger.wait_idle(10.0)  # the readings rated in memory, written
+            self.charger.close()
         store = self.store
         if store is not None:
             store.close(reason=reason)

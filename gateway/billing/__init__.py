@@ -25,9 +25,11 @@ from gateway.billing.tariffs import (
     prorated_thresholds,
     slot_table,
 )
+from gateway.billing.year import BillingYear
 
 __all__ = [
     "Adjustment",
+    "BillingYear",
     "ChargeLine",
     "DayCalendar",
     "DayType",

@@ -133,11 +133,14 @@ class TariffBook:
         cls,
         config: GatewayConfig,
         *,
-        holidays: frozenset[date] = frozenset(),
+        holidays: frozenset[date] | None = None,
         workdays: frozenset[date] = frozenset(),
         seasons: Mapping[str, tuple[TouSeason, ...]] | None = None,
     ) -> TariffBook:
-        """The config's tariffs, slots read in its time zone; the rest as given."""
+        """The config's tariffs, slots read in its time zone, holidays from
+        ``billing.holidays`` unless given; the rest as given."""
+        if holidays is None:
+            holidays = frozenset(config.billing.holidays)
         calendar = DayCalendar(config.timezone, holidays, workdays)
         return cls(config.tariffs, calendar=calendar, seasons=seasons)
 

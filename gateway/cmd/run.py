@@ -122,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
             status_socket=args.socket,
             calendar=True,
             uplink=not args.no_uplink,
-            charging=any(a.tariff is not None for a in config.accounts),
+            charging=any(a.tariff is not None for a in config.accounts)
+            or config.billing.vacancy_tariff is not None,
         )
         runtime.start()
         try:
