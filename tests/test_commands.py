@@ -75,6 +75,8 @@ def gateway(
     broker: Mosquitto,
     public_key: bytes | None,
     clock: ManualClock,
+    *,
+    calendar: bool = False,
 ) -> Iterator[Runtime]:
     with simulator(tmp, clock) as sim:
         config = parse_config(config_yaml(sim, broker, public_key), str(tmp / "gw.yaml"))
@@ -87,6 +89,7 @@ def gateway(
             reopen_max=0.2,
             uplink=UplinkSettings(),
             charging=True,
+            calendar=calendar,
         )
         with rt:
             assert rt.uplink is not None
@@ -290,8 +293,24 @@ def test_missing_components_and_unsupported_kinds_fail_plainly(
         assert "amount" in bad.text
         unknown = send(broker, command(rt, master_key, 99, {}))  # type: ignore[arg-type]
         assert (unknown.status, unknown.reason) == (ReplyStatus.REFUSED, ReasonCode.UNKNOWN_KIND)
+        backfill = send(broker, command(rt, master_key, CommandKind.BACK_FILL, {}))
+        assert (backfill.status, backfill.reason) == (ReplyStatus.FAILED, ReasonCode.UNAVAILABLE)
+        assert "collection tasks are not running" in backfill.text
         balance, entries, kept = state(rt)
         assert (balance, entries) == before[:2]
-        assert kept == before[2] + 4  # each id is spent: a repeat cannot try again
+        assert kept == before[2] + 5  # each id is spent: a repeat cannot try again
         assert rt.commands is not None and rt.commands.alive()
         assert send(broker, protect).reason == ReasonCode.REPLAYED
+
+
+def test_back_fill_reaches_the_collection_tasks(
+    broker: Mosquitto, tmp_path: Path, master_key: Ed25519PrivateKey
+) -> None:
+    clock = ManualClock(START)
+    with gateway(tmp_path, broker, public_key_bytes(master_key), clock, calendar=True) as rt:
+        assert rt.calendar is not None
+        asked: list[bool] = []
+        rt.calendar.tasks.request_backfill = lambda: asked.append(True)  # type: ignore[method-assign]
+        reply = send(broker, command(rt, master_key, CommandKind.BACK_FILL, {}))
+        assert reply.status == ReplyStatus.OK, reply
+        assert asked == [True]

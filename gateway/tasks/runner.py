@@ -144,6 +144,7 @@ class TaskRunner:
         self._day: date | None = None
         self._last_tick: datetime | None = None
         self._history_loaded = False
+        self._backfill_wanted = False
         self.suspended: str | None = None
         self.jobs = 0
         self.failed_jobs = 0
@@ -153,6 +154,10 @@ class TaskRunner:
     def observe(self, reading: Reading) -> None:
         """A reading the gateway stored (any thread, cheap): curve points, midnight values."""
         self.curves.observe(reading)
+
+    def request_backfill(self) -> None:
+        """Search the back-fill window again at the next tick (any thread; a master's command)."""
+        self._backfill_wanted = True
 
     def tee(self, inner: PollJournal) -> ObservedJournal:
         """``inner`` that also feeds :meth:`observe`: the journal to give the pollers."""
@@ -167,6 +172,7 @@ class TaskRunner:
             self._suspend(now, "time untrusted")
             return
         resumed = self.suspended is not None
+        wanted, self._backfill_wanted = self._backfill_wanted, False
         if resumed:
             _logger.info(
                 "collection tasks resume: the time is trusted (%s)", self.clock.trust_source
@@ -180,9 +186,13 @@ class TaskRunner:
                 self._close_days(self._day, today)
             self._start_day(today)
             self._schedule_backfill(today)
-        elif resumed or (
-            self._last_tick is not None
-            and (now - self._last_tick).total_seconds() > self.settings.gap_s
+        elif (
+            resumed
+            or wanted
+            or (
+                self._last_tick is not None
+                and (now - self._last_tick).total_seconds() > self.settings.gap_s
+            )
         ):
             self._schedule_backfill(today)
         self._last_tick = now
