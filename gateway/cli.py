@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("gateway.cmd.run", "run the gateway: poll every bus, journal, answer status"),
     "status": ("gateway.cmd.status", "ask a running gateway for its buses and meters"),
     "master": ("gateway.cmd.master", "run the master station's ingest; show what it stored"),
+    "meter": ("gateway.cmd.meter", "meter work orders: remove, replace, CT change, dead, confirm"),
 }
 
 

@@ -3,13 +3,39 @@ meter number changed without a work order; the meter records of store migration 
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
+from lifecycle_bench import Bench, config_yaml, ms, reading
+from polling import START
 from sqlite_utils import Database
 
-from gateway.errors import StoreError
-from gateway.store.meters import MeterRecord, chargeable, meter_records, record_of, set_record
+from gateway.cli import main
+from gateway.errors import LifecycleRefused, StoreError
+from gateway.lifecycle import (
+    DeadMeterResult,
+    RemovalResult,
+    change_ct,
+    confirm_meter,
+    remove_meter,
+    replace_meter,
+    settle_dead_meter,
+)
+from gateway.protocols.quantities import FLAG_DISCONTINUITY
+from gateway.store.ledger import check_balances, journal_with_charges
+from gateway.store.meters import (
+    MeterRecord,
+    chargeable,
+    hold,
+    meter_records,
+    record_of,
+    set_record,
+)
 from gateway.store.migrations import JOURNAL
 
 T0 = 1_717_200_000_000
@@ -36,3 +62,212 @@ def test_migration_7_meter_records_and_settlements() -> None:
     db.execute(sql, row)
     with pytest.raises(sqlite3.IntegrityError):
         db.execute(sql, row)
+
+
+# --- the operations, on a real store ---------------------------------------------------
+
+
+@pytest.fixture
+def bench(tmp_path: Path) -> Iterator[Bench]:
+    b = Bench(tmp_path / "gw.db")
+    yield b
+    assert b.run(check_balances) == []
+    b.close()
+
+
+def count(bench: Bench, table: str) -> int:
+    return int(bench.run(lambda db: db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]))
+
+
+def remove(bench: Bench, meter: str, seconds: int, wh: int, **kw: Any) -> RemovalResult:
+    final = reading(meter, seconds, wh)
+    options: dict[str, Any] = {"refund": False, "reason": "moved out", "ts_ms": ms(seconds)}
+    options.update(kw)
+    return bench.run(
+        lambda db: remove_meter(
+            db, meter, final, billing=bench.billing(meter), book=bench.book, **options
+        )
+    )
+
+
+def test_refused_operations_write_nothing(bench: Bench) -> None:
+    bench.post("m1", 0, 0)
+    before = [count(bench, t) for t in ("readings", "events", "ledger", "lifecycle_ops")]
+    with pytest.raises(LifecycleRefused, match="reason"):
+        remove(bench, "m1", 60, 1_000, reason=" ")
+    with pytest.raises(LifecycleRefused, match="billing of m2"):
+        bench.run(
+            lambda db: remove_meter(
+                db,
+                "m1",
+                reading("m1", 60, 1_000),
+                billing=bench.billing("m2"),
+                book=bench.book,
+                refund=False,
+                reason="x",
+                ts_ms=ms(60),
+            )
+        )
+    with pytest.raises(LifecycleRefused, match="needs a final reading"):
+        bench.run(
+            lambda db: replace_meter(
+                db,
+                "m1",
+                None,
+                "m9",
+                reading("m9", 60, 0),
+                billing=bench.billing("m1"),
+                book=bench.book,
+                reason="x",
+                ts_ms=ms(60),
+            )
+        )
+    with pytest.raises(LifecycleRefused, match="positive integer"):
+        bench.run(
+            lambda db: change_ct(
+                db,
+                "m1",
+                reading("m1", 60, 1_000),
+                reading("m1", 60, 1_000),
+                billing=bench.billing("m1"),
+                new_ratio=0,
+                book=bench.book,
+                reason="x",
+                ts_ms=ms(60),
+            )
+        )
+    after = [count(bench, t) for t in ("readings", "events", "ledger", "lifecycle_ops")]
+    assert after == before
+    # a removed meter cannot be removed again, nor a reference repeated
+    remove(bench, "m1", 60, 1_000, reference="wo-1")
+    with pytest.raises(LifecycleRefused, match="m1 is removed"):
+        remove(bench, "m1", 120, 2_000)
+    with pytest.raises(LifecycleRefused, match="wo-1 was already done"):
+        remove(bench, "m2", 120, 0, reference="wo-1")
+
+
+def test_removal_without_refund_and_with_arrears(bench: Bench) -> None:
+    bench.top_up("A", 100_000, "t-1")  # 10 yuan
+    bench.post("m1", 0, 0)
+    bench.post("m2", 0, 0)
+    # m1 final 2 kWh: 2 x 8500 = 17_000; no refund asked: the balance stays for m2
+    done = remove(bench, "m1", 60, 2_000)
+    assert (done.charged, done.refunded, done.balance) == (17_000, 0, 83_000)
+    # m2 final 20 kWh: 170_000 -> balance -87_000: arrears are not refunded, they stay
+    done = remove(bench, "m2", 60, 20_000, refund=True)
+    assert (done.charged, done.refunded, done.balance) == (170_000, 0, -87_000)
+    assert bench.balance("A") == -87_000
+
+
+def test_the_charger_stops_charging_a_removed_or_replaced_meter(bench: Bench) -> None:
+    bench.post("m1", 0, 0)
+    remove(bench, "m1", 60, 1_000)
+    assert "m1" in bench.charger.billing
+    bench.charger.reload()
+    assert "m1" not in bench.charger.billing and "m2" in bench.charger.billing
+
+
+def test_dead_meter_manual_final_reading(bench: Bench) -> None:
+    bench.post("d1", 0, 40_000)
+
+    def settle(final_wh: int, seconds: int = 7_200) -> DeadMeterResult:
+        return bench.run(
+            lambda db: settle_dead_meter(
+                db,
+                "d1",
+                final_wh=final_wh,
+                estimated_wh=None,
+                approved_by="supervisor Wang",
+                reason="read off the display in the lab",
+                billing=bench.billing("d1"),
+                book=bench.book,
+                ts_ms=ms(seconds),
+            )
+        )
+
+    with pytest.raises(LifecycleRefused, match="below the last"):
+        settle(39_990)
+    with pytest.raises(LifecycleRefused, match="read after"):
+        settle(41_000, -60)
+    done = settle(41_230)  # 1.23 kWh x 0.85 = 10_455
+    assert (done.energy_wh, done.estimated, done.charged) == (1_230, False, 10_455)
+    assert bench.run(lambda db: record_of(db, "d1")).status == "removed"  # type: ignore[union-attr]
+    with pytest.raises(LifecycleRefused, match="either"):
+        bench.run(
+            lambda db: settle_dead_meter(
+                db,
+                "m1",
+                final_wh=1,
+                estimated_wh=1,
+                approved_by="x",
+                reason="x",
+                billing=bench.billing("m1"),
+                book=bench.book,
+                ts_ms=ms(0),
+            )
+        )
+
+
+def journal_only(bench: Bench, meter: str, seconds: int, wh: int, flags: int = 0) -> None:
+    """What charging does with a held meter's reading: journal it, charge nothing."""
+    r = reading(meter, seconds, wh, flags)
+    bench.run(lambda db: journal_with_charges(db, r, ()))
+
+
+@pytest.mark.parametrize("charge_held", [True, False])
+def test_a_held_meter_is_charged_only_after_confirmation(bench: Bench, charge_held: bool) -> None:
+    bench.post("m1", 0, 500_000)
+    assert bench.post("m1", 60, 501_000) == 8_500
+    # the poller saw a new nameplate number: the meter is held; the swapped meter's
+    # first reading (flagged a discontinuity) and the next are journaled, not charged
+    bench.run(lambda db: hold(db, "m1", account="A", ratio=1, ts_ms=ms(90), why="number"))
+    assert not bench.run(lambda db: chargeable(db, "m1"))
+    journal_only(bench, "m1", 120, 7_000, FLAG_DISCONTINUITY)
+    journal_only(bench, "m1", 180, 9_000)
+    with pytest.raises(LifecycleRefused, match="approved"):
+        bench.run(lambda db: confirm_meter(db, "m1", approved_by="", reason="ok", ts_ms=ms(200)))
+    confirmed = bench.run(
+        lambda db: confirm_meter(
+            db,
+            "m1",
+            approved_by="tech-7",
+            reason="meter swapped by the utility, paperwork late",
+            ts_ms=ms(200),
+            charge_held=charge_held,
+        )
+    )
+    assert confirmed.status == "active" and bench.run(lambda db: chargeable(db, "m1"))
+    # next reading 10 kWh: charged from 7_000 (the held stretch too) or from 9_000
+    charged = bench.post("m1", 240, 10_000)
+    assert charged == (3_000 if charge_held else 1_000) * 8500 // 1000
+    assert bench.balance("A") == -(8_500 + charged)
+
+
+def test_cli_removes_a_meter_with_a_refund(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, cfg = tmp_path / "gw.db", tmp_path / "gw.yaml"
+    cfg.write_text(config_yaml())
+    bench = Bench(path)
+    bench.top_up("A", 200_000, "t-1")
+    bench.post("m1", 0, 1_000_000)
+    bench.close()
+    at = (START + timedelta(hours=1)).isoformat()
+    base = ["meter", "remove", "--config", str(cfg), "--store", str(path), "m1"]
+    args = [*base, "--final-kwh", "1010.5", "--reason", "shop closed", "--refund", "--at", at]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out.split(": ", 1)[1])
+    # 10.5 kWh x 0.85 = 89_250; 200_000 - 89_250 = 110_750 paid back
+    assert (out["final_wh"], out["charged"], out["refunded"], out["balance"]) == (
+        1_010_500,
+        89_250,
+        110_750,
+        0,
+    )
+    assert main([*base, "--final-kwh", "1011", "--reason", "again", "--at", at]) == 2
+    assert "m1 is removed" in capsys.readouterr().err
+    assert main([*base, "--final-kwh", "10.0001", "--reason", "x"]) == 2
+    assert "at most 3 decimals" in capsys.readouterr().err
+    assert main(["meter", "list", "--config", str(cfg), "--store", str(path), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(r["meter"], r["status"]) for r in listed] == [("m1", "removed")]

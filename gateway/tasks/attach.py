@@ -30,6 +30,7 @@ from gateway.poller import Journal as PollJournal
 from gateway.store import JournalReader, StoreWriter
 from gateway.tasks.model import TaskSettings, task_meters
 from gateway.tasks.runner import TaskRunner, TickThread
+from gateway.tasks.settlement import SettlementTask
 from gateway.timesync import TimeSync, TimeSyncSettings, TimeTrust
 
 __all__ = ["Calendar", "RuntimeLike", "attach"]
@@ -99,7 +100,9 @@ def attach(
     sync = TimeSync(runtime.clock, meters, runtime.bus_for, writer, timesync)
     runtime.add_status("tasks", runner.status)
     runtime.add_status("timesync", sync.status)
-    ticks: list[Callable[[], object]] = [runner.tick, sync.tick]
+    settlement = SettlementTask(runtime.clock, writer, runtime.config)
+    runtime.add_status("settlement", settlement.status)
+    ticks: list[Callable[[], object]] = [runner.tick, sync.tick, settlement.tick]
     if isinstance(runtime.clock, SystemClock):
         ticks.insert(0, TimeTrust(runtime.clock, writer).tick)
     thread = TickThread(ticks, interval, name="calendar").start()

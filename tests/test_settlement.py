@@ -1,0 +1,134 @@
+"""Settlement (gateway.settlement, gateway.tasks.settlement): the monthly snapshot per
+account as of 00:00 local of the settlement day, written once; the yearly record with
+the closed year's tier total; the calendar task, only on a trusted clock."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+from lifecycle_bench import FLAT, Bench, config_yaml, ms
+from polling import START
+
+from gateway.clock import ManualClock
+from gateway.config import parse_config
+from gateway.settlement import (
+    monthly_moment,
+    monthly_snapshot,
+    snapshots,
+    yearly_moment,
+    yearly_record,
+)
+from gateway.store.ledger import check_balances
+from gateway.tasks.settlement import SettlementTask
+
+# START is 2024-06-01 12:00 Shanghai; the July settlement moment (day 1, 00:00 +08:00) is
+# 2024-06-30T16:00Z, 29.5 days later.
+JULY = 29 * 86_400 + 12 * 3_600
+BILLING = '\nbilling: {year_start: "07-01", settlement_day: 1}\n'
+
+
+@pytest.fixture
+def bench(tmp_path: Path) -> Iterator[Bench]:
+    b = Bench(tmp_path / "gw.db", parse_config(config_yaml(extra=BILLING), "gw.yaml"))
+    yield b
+    assert b.run(check_balances) == []
+    b.close()
+
+
+def test_moments_are_local_midnight(bench: Bench) -> None:
+    at = monthly_moment(bench.config, date(2024, 7, 1))
+    assert int(at.timestamp() * 1000) == ms(JULY)
+    assert yearly_moment(bench.config, 2024) == at  # year_start 07-01
+
+
+def test_monthly_snapshot_as_of_the_moment_once(bench: Bench) -> None:
+    bench.top_up("A", 1_000_000, "t-A")  # at START: 100 yuan
+    bench.post("m1", 0, 0)
+    assert bench.post("m1", JULY - 60, 10_000) == 10 * FLAT  # 10 kWh x 0.85 yuan = 85_000
+    # after the moment: a reading (charged 1 kWh = 8_500) and a top-up: next month's
+    assert bench.post("m1", JULY + 60, 11_000) == 8_500
+    month = date(2024, 7, 1)
+    with pytest.raises(ValueError, match="due at"):
+        bench.run(
+            lambda db: monthly_snapshot(
+                db, month, ms(JULY) - 1, config=bench.config, book=bench.book
+            )
+        )
+    taken = bench.run(
+        lambda db: monthly_snapshot(db, month, ms(JULY + 120), config=bench.config, book=bench.book)
+    )
+    snap = {s.account: s for s in taken}
+    assert sorted(snap) == ["A", "P", "R", "vacancy"]
+    a = snap["A"]
+    assert (a.period, a.at_ms, a.balance) == ("2024-07", ms(JULY), 1_000_000 - 85_000)
+    assert (a.tariff, a.tariff_version, a.year_wh) == ("flat", 1, None)
+    charge_id = bench.run(
+        lambda db: db.execute("SELECT id FROM ledger WHERE amount = -85000").fetchone()[0]
+    )
+    assert a.ledger_id == charge_id  # the prefix ends before the charge dated after
+    m1 = next(m for m in a.meters if m.meter == "m1")
+    assert (m1.ts_ms, m1.energy_wh, m1.status, m1.ratio) == (ms(JULY - 60), 10_000, "active", 1)
+    assert {m.meter for m in a.meters} == {"m1", "m2", "c1", "d1"}
+    assert next(m for m in a.meters if m.meter == "m2").energy_wh is None  # never read
+    # once: taken again later, with more in the ledger, the stored snapshot is returned
+    bench.top_up("A", 50_000, "t-A2")
+    again = bench.run(
+        lambda db: monthly_snapshot(
+            db, month, ms(JULY + 7200), config=bench.config, book=bench.book
+        )
+    )
+    assert again == taken
+    assert bench.run(lambda db: snapshots(db, "monthly", "2024-07")) == taken
+    n = bench.run(lambda db: db.execute("SELECT count(*) FROM settlements").fetchone()[0])
+    assert n == 4
+
+
+def test_yearly_record_holds_the_closed_years_tier_total(bench: Bench) -> None:
+    bench.post("r1", 0, 0)
+    bench.post("r1", JULY - 60, 3_000_000)  # R: 3000 kWh in the year ending 2024-07-01
+    taken = bench.run(
+        lambda db: yearly_record(db, 2024, ms(JULY), config=bench.config, book=bench.book)
+    )
+    r = next(s for s in taken if s.account == "R")
+    assert (r.kind, r.period, r.year_wh) == ("yearly", "2024-07-01", 3_000_000)
+    # 2760 kWh x 0.5283 + 240 kWh x 0.5783 = 14_581_080 + 1_387_920
+    assert r.balance == -(14_581_080 + 1_387_920)
+
+
+def test_yearly_total_unknown_once_a_reading_past_the_moment_is_rated(bench: Bench) -> None:
+    bench.post("r1", 0, 0)
+    bench.post("r1", JULY - 60, 3_000_000)
+    bench.post("r1", JULY + 60, 3_001_000)  # rated after the moment (the tier total resets)
+    taken = bench.run(
+        lambda db: yearly_record(db, 2024, ms(JULY + 120), config=bench.config, book=bench.book)
+    )
+    assert next(s for s in taken if s.account == "R").year_wh is None
+
+
+def test_the_task_takes_the_latest_moments_once_the_clock_is_trusted(bench: Bench) -> None:
+    clock = ManualClock(START + timedelta(seconds=JULY + 30), bench.config.timezone, trusted=False)
+    task = SettlementTask(clock, bench.store.writer, bench.config, bench.book)
+    task.tick()
+    assert task.status()["suspended"] is True
+    assert bench.run(lambda db: db.execute("SELECT count(*) FROM settlements").fetchone()[0]) == 0
+    clock.trust("test")
+    task.tick()
+    assert task.status() == {
+        "suspended": False,
+        "monthly": "2024-07",
+        "yearly": "2024-07-01",
+        "failures": 0,
+    }
+    assert task.due(clock.now()) == []
+    count = bench.run(lambda db: db.execute("SELECT count(*) FROM settlements").fetchone()[0])
+    assert count == 8  # 4 accounts, monthly and yearly
+    # 20 days on: nothing new is due; on 1 August the August snapshot is
+    clock.advance(timedelta(days=20))
+    assert task.due(clock.now()) == []
+    clock.advance(timedelta(days=11))
+    assert task.due(clock.now()) == [("monthly", date(2024, 8, 1))]
+    task.tick()
+    assert task.status()["monthly"] == "2024-08"
