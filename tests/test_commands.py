@@ -77,6 +77,7 @@ def gateway(
     clock: ManualClock,
     *,
     calendar: bool = False,
+    charging: bool = True,
 ) -> Iterator[Runtime]:
     with simulator(tmp, clock) as sim:
         config = parse_config(config_yaml(sim, broker, public_key), str(tmp / "gw.yaml"))
@@ -88,7 +89,7 @@ def gateway(
             status_socket=None,
             reopen_max=0.2,
             uplink=UplinkSettings(),
-            charging=True,
+            charging=charging,
             calendar=calendar,
         )
         with rt:
@@ -314,3 +315,24 @@ def test_back_fill_reaches_the_collection_tasks(
         reply = send(broker, command(rt, master_key, CommandKind.BACK_FILL, {}))
         assert reply.status == ReplyStatus.OK, reply
         assert asked == [True]
+
+
+def test_without_charging_a_top_up_goes_to_the_ledger_with_its_record(
+    broker: Mosquitto, tmp_path: Path, master_key: Ed25519PrivateKey
+) -> None:
+    clock = ManualClock(START)
+    with gateway(tmp_path, broker, public_key_bytes(master_key), clock):
+        pass  # charging on once: the accounts are in the store
+    with gateway(tmp_path, broker, public_key_bytes(master_key), clock, charging=False) as rt:
+        assert rt.charger is None
+        before = state(rt)
+        cmd = command(rt, master_key, CommandKind.TOP_UP, top_up(3 * YUAN, "T-6"))
+        reply = send(broker, cmd)
+        assert reply.status == ReplyStatus.OK, reply
+        assert reply.result["balance"] == (before[0] or 0) + 3 * YUAN
+        assert state(rt) == ((before[0] or 0) + 3 * YUAN, before[1] + 1, before[2] + 1)
+        over = send(broker, command(rt, master_key, CommandKind.TOP_UP, top_up(-YUAN, "T-7")))
+        assert (over.status, over.reason) == (ReplyStatus.REFUSED, ReasonCode.POLICY)
+        assert "positive" in over.text
+        assert state(rt) == ((before[0] or 0) + 3 * YUAN, before[1] + 1, before[2] + 2)
+        assert send(broker, cmd).reason == ReasonCode.REPLAYED

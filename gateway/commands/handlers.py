@@ -167,18 +167,18 @@ def top_up(rt: Runtime, cmd: Command) -> Outcome:
         operator=_arg(cmd, "operator", str, default=""),
         reverses=_arg(cmd, "reverses", str, default=None),
     )
-    charger: Any = rt.charger  # top_up and balance: the Charger API of Step 7
-    if charger is not None and hasattr(charger, "top_up"):
+    charger = rt.charger
+    if charger is not None:  # the cache, prepaid state and relays learn of it too
         try:
             result: TopUpResult = charger.top_up(request).result(_TOP_UP_TIMEOUT)
         except FutureTimeout:
             return failed(cmd, ReasonCode.INTERNAL, "the store did not commit the top-up in time")
         return _top_up_reply(cmd, request, result, charger.balance(account))
+    # No charging: straight to the ledger, in the transaction that records the command.
     limit = rt.config.billing.hoarding_limit
-    emergency = rt.config.billing.thresholds.emergency_credit
 
     def run(db: Database) -> CommandReply:
-        result = apply_top_up(db, request, hoarding_limit=limit, emergency_limit=emergency)
+        result = apply_top_up(db, request, hoarding_limit=limit)
         return _top_up_reply(cmd, request, result, balance_of(db, account))
 
     return InTransaction(run)
@@ -216,10 +216,6 @@ def thresholds(rt: Runtime, cmd: Command) -> Outcome:
     charger = rt.charger
     if charger is None:
         return failed(cmd, ReasonCode.UNAVAILABLE, "charging is not running on this gateway")
-    if not hasattr(charger, "set_thresholds"):
-        return failed(
-            cmd, ReasonCode.UNAVAILABLE, "thresholds are not supported by this gateway yet"
-        )
     charger.set_thresholds(account, levels)
     return ok(cmd, account=account, **values)
 
