@@ -306,13 +306,31 @@ def replace_meter(
 
     ``billing`` is the old meter's; ``new_billing`` the new one's (default: the old one's
     with the new id: same tariff, ratio and protocol).  ``old_final`` may be None only for
-    a meter settled dead before (:func:`settle_dead_meter`).
+    a meter settled dead before (:func:`settle_dead_meter`).  ``new == old`` is a new
+    meter at the same position (a site label as id): done as :func:`change_ct` with the
+    new billing's ratio.
     """
-    if new == old:
-        raise LifecycleRefused("a meter replaced by itself is a CT change (change_ct)")
     if not reason.strip():
         raise LifecycleRefused("a replacement needs a reason")
     nb = new_billing or replace(billing, meter=new)
+    if new == old:  # a new meter at the same position (the id is a site label)
+        if old_final is None:
+            raise LifecycleRefused(f"meter {old} needs a final reading")
+        return change_ct(
+            db,
+            old,
+            old_final,
+            new_initial,
+            billing=billing,
+            new_ratio=nb.ratio,
+            book=book,
+            reason=reason,
+            ts_ms=ts_ms,
+            operator=operator,
+            reference=reference,
+            engine=engine,
+            calendar=calendar,
+        )
     if nb.meter != new or nb.account != billing.account:
         raise LifecycleRefused(f"the new meter {new} must be billed to account {billing.account}")
     if new_initial.meter != new:

@@ -5,8 +5,8 @@ A snapshot is taken *as of* a settlement moment (00:00 local of ``billing.settle
 for the yearly record 00:00 local of ``billing.year_start``) and holds, per account:
 
 - the **ledger position**: the last entry of the ledger's longest prefix whose entries
-  are all dated before the moment (an entry dated later ends the prefix; an entry of a
-  late reading dated before it, posted after that, counts in the next month);
+  are all dated at or before the moment (an entry dated later ends the prefix; an entry
+  of a late reading dated before it, posted after that, counts in the next month);
 - the **balance** at that position: the sum of the account's entries up to it, so a
   reconciliation can re-add it from the ledger exactly;
 - the **tariff** id and the version in force at the moment;
@@ -81,7 +81,7 @@ class Snapshot:
     at_ms: int  #: the settlement moment, UTC ms
     taken_ms: int  #: when the snapshot was written
     balance: int  #: at the ledger position
-    ledger_id: int  #: the ledger position (0: no entry before the moment)
+    ledger_id: int  #: the ledger position (0: no entry dated at or before the moment)
     tariff: str | None
     tariff_version: int | None  #: None: no version in force at the moment
     year_wh: int | None  #: yearly: the closed year's tier total, when exactly known
@@ -205,8 +205,8 @@ def _take(
 
 
 def _position(db: Database, at_ms: int) -> int:
-    """The last id of the ledger's longest prefix dated before ``at_ms``."""
-    first_after = db.execute("SELECT min(id) FROM ledger WHERE ts_ms >= ?", (at_ms,)).fetchone()
+    """The last id of the ledger's longest prefix dated at or before ``at_ms``."""
+    first_after = db.execute("SELECT min(id) FROM ledger WHERE ts_ms > ?", (at_ms,)).fetchone()
     if first_after[0] is not None:
         return int(first_after[0]) - 1
     last = db.execute("SELECT max(id) FROM ledger").fetchone()

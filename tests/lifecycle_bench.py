@@ -46,11 +46,13 @@ METERS: list[tuple[M, str | None]] = [
 ]
 
 
-def config_yaml(ms: list[tuple[M, str | None]] = METERS, extra: str = "") -> str:
+def config_yaml(
+    ms: list[tuple[M, str | None]] = METERS, extra: str = "", port: str = "/dev/null"
+) -> str:
     lines = [
         "gateway_id: test-gw",
         "serial_buses:",
-        "  - {name: dl, port: /dev/null, protocol: dlt645, baud: 2400, parity: E}",
+        f"  - {{name: dl, port: '{port}', protocol: dlt645, baud: 38400, parity: E}}",
         "meters:",
     ]
     for m, account in ms:

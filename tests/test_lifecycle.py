@@ -271,3 +271,29 @@ def test_cli_removes_a_meter_with_a_refund(
     assert main(["meter", "list", "--config", str(cfg), "--store", str(path), "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [(r["meter"], r["status"]) for r in listed] == [("m1", "removed")]
+
+
+def test_a_new_meter_at_the_same_position_keeps_its_id(bench: Bench) -> None:
+    # m1 is a site label: the meter there is swapped; its old register's final is
+    # charged, the new meter's register is the baseline, the accumulator goes on.
+    bench.post("m1", 0, 0)
+    assert bench.post("m1", 60, 1_001) == 8_509  # 1001 Wh x 8500 / 1000 = 8508.5 -> 8509
+    done = bench.run(
+        lambda db: replace_meter(
+            db,
+            "m1",
+            reading("m1", 120, 1_002),  # cumulative 1002 Wh -> 8517: 8 more
+            "m1",
+            reading("m1", 130, 77_000),
+            billing=bench.billing("m1"),
+            book=bench.book,
+            reason="meter swapped at shop A101",
+            ts_ms=ms(130),
+        )
+    )
+    assert (done.old, done.new, done.charged) == ("m1", "m1", 8)
+    # +1001 Wh on the new meter: cumulative 2003 Wh -> 17_025.5 -> 17_026; - 8_517 = 8_509
+    assert bench.post("m1", 190, 78_001) == 8_509
+    assert bench.run(lambda db: record_of(db, "m1")) == MeterRecord(
+        "m1", "A", "active", 1, ms(130), reason="meter swapped at shop A101"
+    )

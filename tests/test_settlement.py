@@ -8,12 +8,14 @@ from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 
+import cbor2
 import pytest
 from lifecycle_bench import FLAT, Bench, config_yaml, ms
-from polling import START
+from polling import START, M
 
 from gateway.clock import ManualClock
 from gateway.config import parse_config
+from gateway.protocols.quantities import Quantity
 from gateway.settlement import (
     monthly_moment,
     monthly_snapshot,
@@ -109,8 +111,11 @@ def test_yearly_total_unknown_once_a_reading_past_the_moment_is_rated(bench: Ben
 
 
 def test_the_task_takes_the_latest_moments_once_the_clock_is_trusted(bench: Bench) -> None:
-    clock = ManualClock(START + timedelta(seconds=JULY + 30), bench.config.timezone, trusted=False)
-    task = SettlementTask(clock, bench.store.writer, bench.config, bench.book)
+    clock = ManualClock(START + timedelta(seconds=JULY + 90), bench.config.timezone, trusted=False)
+    task = SettlementTask(clock, bench.store.writer, bench.config, bench.book, delay_s=60)
+    # 30 s after the moment the July snapshot is not due yet (polls in flight land first)
+    early = START + timedelta(seconds=JULY + 30)
+    assert task.due(early) == [("monthly", date(2024, 6, 1)), ("yearly", 2023)]
     task.tick()
     assert task.status()["suspended"] is True
     assert bench.run(lambda db: db.execute("SELECT count(*) FROM settlements").fetchone()[0]) == 0
@@ -132,3 +137,67 @@ def test_the_task_takes_the_latest_moments_once_the_clock_is_trusted(bench: Benc
     assert task.due(clock.now()) == [("monthly", date(2024, 8, 1))]
     task.tick()
     assert task.status()["monthly"] == "2024-08"
+
+
+def test_the_running_gateway_takes_the_snapshot_at_the_settlement_moment(tmp_path: Path) -> None:
+    # A gateway charging m1 (1 Wh a second) across 00:00 of 1 July (Shanghai): the
+    # calendar's settlement task snapshots every account as of that moment.
+    from polling import sim_yaml, wait_for
+
+    from gateway.poller import PollSettings
+    from gateway.runtime import Runtime
+    from gateway.sim.config import parse_sim_config
+    from gateway.sim.service import Simulator
+    from gateway.tasks.attach import attach
+
+    m1 = M("m1", "dl", "dlt645", 1, energy_wh=100_000, watts=3_600, turnaround_ms=5)
+    moment = monthly_moment(parse_config(config_yaml(extra=BILLING), "x"), date(2024, 7, 1))
+    clock = ManualClock(moment - timedelta(seconds=90))
+    sim_config = parse_sim_config(
+        sim_yaml([("dl", "dlt645", 38400)], [m1]), "s.yaml", link_dir=str(tmp_path)
+    )
+    with Simulator(sim_config, clock) as sim:
+        text = config_yaml([(m1, "A")], extra=BILLING, port=sim.bus("dl").path)
+        rt = Runtime(
+            parse_config(text, "gw.yaml"),
+            store_path=tmp_path / "gw.db",
+            clock=clock,
+            settings=PollSettings(interval=0, max_power_w=10**9),
+            status_socket=None,
+            charging=True,
+        )
+        with rt:
+            calendar = attach(rt, interval=0.01)
+            try:
+                while clock.now() < moment + timedelta(seconds=90):  # the task waits 60 s
+                    n = rt.pollers["dl"].readings
+                    wait_for(lambda n=n: rt.pollers["dl"].readings > n + 1, 10, "polls")  # type: ignore[misc]
+                    clock.advance(15)
+                wait_for(
+                    lambda: rt.status()["settlement"]["monthly"] == "2024-07",  # type: ignore[index]
+                    10,
+                    "the July snapshot",
+                )
+            finally:
+                calendar.stop()
+            assert rt.writer is not None
+            taken = rt.writer.call(lambda db: snapshots(db, "monthly", "2024-07")).result(10)
+            db_rows = rt.writer.call(
+                lambda db: db.execute("SELECT id, account, ts_ms, amount FROM ledger").fetchall()
+            ).result(10)
+            readings = rt.writer.call(
+                lambda db: db.execute("SELECT ts_ms, vals FROM readings").fetchall()
+            ).result(10)
+    a = next(s for s in taken if s.account == "A")
+    at_ms = int(moment.timestamp() * 1000)
+    assert a.at_ms == at_ms and a.tariff == "flat"
+    # the position is the last charge dated at or before the moment; the balance re-adds
+    before = [r for r in db_rows if r[2] <= at_ms]
+    assert before and a.ledger_id == max(r[0] for r in before)
+    assert any(r[2] > at_ms for r in db_rows)  # charging went on after it
+    assert a.balance == sum(r[3] for r in db_rows if r[1] == "A" and r[0] <= a.ledger_id) < 0
+    # m1's register is the last journaled reading at or before the moment
+    last = max((r for r in readings if r[0] <= at_ms), key=lambda r: r[0])
+    (snap_m1,) = a.meters
+    assert snap_m1.ts_ms == last[0]
+    assert snap_m1.energy_wh == cbor2.loads(last[1])[int(Quantity.ENERGY_IMPORT)]

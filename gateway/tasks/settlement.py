@@ -4,8 +4,10 @@
 does nothing while the clock is untrusted.  Once trusted, it takes the snapshot of the
 latest monthly settlement moment that has passed (00:00 local of
 ``billing.settlement_day``) and the record of the latest billing-year start (00:00 local
-of ``billing.year_start``), each once: a snapshot already stored is only read back
-(:mod:`gateway.settlement`), so after a restart the tick is a cheap no-op.  Each runs in
+of ``billing.year_start``), each once, ``delay_s`` after the moment (polls in flight at
+the moment and their charges land first; the snapshot is as of the moment anyway): a
+snapshot already stored is only read back (:mod:`gateway.settlement`), so after a
+restart the tick is a cheap no-op.  Each runs in
 one durable store-writer transaction.  A moment missed while the gateway was off is
 taken as of that moment when it starts (the ledger and journal say what it was); only
 the latest month is taken, not every month missed.
@@ -14,7 +16,7 @@ the latest month is taken, not every month missed.
 from __future__ import annotations
 
 import logging
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 from gateway.billing import TariffBook
 from gateway.clock import Clock
@@ -43,12 +45,14 @@ class SettlementTask:
         config: GatewayConfig,
         book: TariffBook | None = None,
         *,
+        delay_s: float = 60.0,
         timeout: float = 120.0,
     ) -> None:
         self.clock = clock
         self.writer = writer
         self.config = config
         self.book = book or TariffBook.from_config(config)
+        self.delay = timedelta(seconds=delay_s)
         self.timeout = timeout
         self.done: set[tuple[str, str]] = set()  #: (kind, period) taken (or found) already
         self.last: dict[str, str] = {}  #: kind -> its latest period taken
@@ -56,7 +60,9 @@ class SettlementTask:
         self.failures = 0
 
     def due(self, now: datetime) -> list[tuple[str, date | int]]:
-        """(kind, month or year) of the latest moments passed at ``now`` not yet taken."""
+        """(kind, month or year) of the latest moments passed ``delay_s`` before ``now``
+        and not yet taken."""
+        now = now - self.delay
         local = now.astimezone(self.config.tz)
         month = date(local.year, local.month, 1)
         if now < monthly_moment(self.config, month):
