@@ -49,3 +49,524 @@ def charge_batch(cum_wh, price, posted):
         out[i] = total - q[i]
         q[i] = total
     return result
+
+
+# --- the rating kernel -----------------------------------------------------------------
+# The twin of ``rate_batch`` in _engine_py.py, line for line (the twin has the comments);
+# the layout is in layout.py.  No Python object is touched inside the loop.
+
+cimport cython
+
+from gateway.fastpath.layout import NONE as _NONE_PY
+
+DEF MAX_PARTS = 64
+DEF MAX_TIERS = 8
+DEF NREG = 4
+
+cdef enum:
+    FLAG_TIME_UNTRUSTED = 1
+    FLAG_ROLLOVER = 4
+    FLAG_DISCONTINUITY = 8
+    KIND_FLAT = 0
+    KIND_TOU = 1
+    KIND_TIERED = 2
+    KIND_PYTHON = 3
+    ACCOUNT_PREPAID = 0
+    ACCOUNT_POSTPAID = 1
+    ACCOUNT_UNBILLED = 2
+    ST_NORMAL = 0
+    ST_ALARM1 = 1
+    ST_ALARM2 = 2
+    ST_DUE_TO_TRIP = 3
+    ST_MAY_CLOSE = 4
+    S_RATED = 0
+    S_BASELINE = 1
+    S_DEFERRED = 2
+    S_NO_TARIFF = 3
+    S_NO_ENERGY = 4
+    S_NOT_CHARGED = 5
+    S_UNBILLED = 6
+    FALLBACK_VERSION = 10
+    FALLBACK_YEAR_END = 11
+    FALLBACK_RANGE = 12
+    FALLBACK_TIMELINE = 13
+    FALLBACK_THRESHOLDS = 14
+    NEED_ROOM = 19
+
+cdef long long _NONE = 0x7FFFFFFFFFFFFFFF
+cdef long long _LIMIT = 2305843009213693952  # 2**61
+assert _NONE == _NONE_PY
+
+LAYOUT = {
+    "MAX_PARTS": MAX_PARTS, "MAX_TIERS": MAX_TIERS, "NREG": NREG,
+    "S_RATED": S_RATED, "S_BASELINE": S_BASELINE, "S_DEFERRED": S_DEFERRED,
+    "S_NO_TARIFF": S_NO_TARIFF, "S_NO_ENERGY": S_NO_ENERGY, "S_NOT_CHARGED": S_NOT_CHARGED,
+    "S_UNBILLED": S_UNBILLED, "FALLBACK_VERSION": FALLBACK_VERSION,
+    "FALLBACK_YEAR_END": FALLBACK_YEAR_END, "FALLBACK_RANGE": FALLBACK_RANGE,
+    "FALLBACK_TIMELINE": FALLBACK_TIMELINE, "FALLBACK_THRESHOLDS": FALLBACK_THRESHOLDS,
+    "NEED_ROOM": NEED_ROOM, "KIND_FLAT": KIND_FLAT, "KIND_TOU": KIND_TOU,
+    "KIND_TIERED": KIND_TIERED, "KIND_PYTHON": KIND_PYTHON,
+    "ACCOUNT_PREPAID": ACCOUNT_PREPAID, "ACCOUNT_POSTPAID": ACCOUNT_POSTPAID,
+    "ACCOUNT_UNBILLED": ACCOUNT_UNBILLED, "ST_NORMAL": ST_NORMAL, "ST_ALARM1": ST_ALARM1,
+    "ST_ALARM2": ST_ALARM2, "ST_DUE_TO_TRIP": ST_DUE_TO_TRIP, "ST_MAY_CLOSE": ST_MAY_CLOSE,
+    "FLAG_TIME_UNTRUSTED": FLAG_TIME_UNTRUSTED, "FLAG_ROLLOVER": FLAG_ROLLOVER,
+    "FLAG_DISCONTINUITY": FLAG_DISCONTINUITY,
+}
+"""The constants compiled in; a test checks them against layout.py."""
+
+
+cdef inline long long _evaluate(
+    long long kind, long long trip, long long tripped, long long balance, long long alarm1,
+    long long alarm2, long long overdraft, long long close_allow,
+) noexcept nogil:
+    if kind == ACCOUNT_UNBILLED:
+        return ST_NORMAL
+    cdef bint trips = kind == ACCOUNT_PREPAID and trip != 0
+    if trips and tripped != 0:
+        if balance > close_allow and balance + overdraft > 0:
+            return ST_MAY_CLOSE
+        return ST_DUE_TO_TRIP
+    if trips and balance + overdraft <= 0:
+        return ST_DUE_TO_TRIP
+    if balance <= alarm2:
+        return ST_ALARM2
+    if balance <= alarm1:
+        return ST_ALARM1
+    return ST_NORMAL
+
+
+def evaluate_state(st, Py_ssize_t a, long long balance):
+    cdef long long[:] a_type = st.a_type
+    cdef long long[:] a_trip = st.a_trip
+    cdef long long[:] a_tripped = st.a_tripped
+    cdef long long[:] a_alarm1 = st.a_alarm1
+    cdef long long[:] a_alarm2 = st.a_alarm2
+    cdef long long[:] a_overdraft = st.a_overdraft
+    cdef long long[:] a_close = st.a_close
+    return _evaluate(a_type[a], a_trip[a], a_tripped[a], balance, a_alarm1[a], a_alarm2[a],
+                     a_overdraft[a], a_close[a])
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+@cython.cdivision(True)
+def rate_batch(tb, st, bt, out, Py_ssize_t start):
+    # tables
+    cdef long long nseg = tb.nseg
+    cdef long long[:] t_ver_start = tb.t_ver_start
+    cdef long long[:] t_ver_count = tb.t_ver_count
+    cdef long long[:] t_has_tou = tb.t_has_tou
+    cdef long long[:] v_eff = tb.v_eff
+    cdef long long[:] v_kind = tb.v_kind
+    cdef long long[:] v_seg = tb.v_seg
+    cdef long long[:] v_price_off = tb.v_price_off
+    cdef long long[:] v_thr_off = tb.v_thr_off
+    cdef long long[:] v_nthr = tb.v_nthr
+    cdef long long[:] v_tl_off = tb.v_tl_off
+    cdef long long[:] v_tl_count = tb.v_tl_count
+    cdef long long[:] v_tl_end = tb.v_tl_end
+    cdef long long[:] v_regkey = tb.v_regkey
+    cdef long long[:] prices = tb.prices
+    cdef long long[:] thresholds = tb.thresholds
+    cdef long long[:] tl_us = tb.tl_us
+    cdef long long[:] tl_key = tb.tl_key
+    # state
+    cdef long long[:] m_tariff = st.m_tariff
+    cdef long long[:] m_account = st.m_account
+    cdef long long[:] m_has_last = st.m_has_last
+    cdef long long[:] m_last_ts = st.m_last_ts
+    cdef long long[:] m_last_e = st.m_last_e
+    cdef long long[:] m_rollover = st.m_rollover
+    cdef long long[:] m_reg = st.m_reg
+    cdef long long[:] m_cum = st.m_cum
+    cdef long long[:] m_posted = st.m_posted
+    cdef long long[:] a_year = st.a_year
+    cdef long long[:] a_thr_set = st.a_thr_set
+    cdef long long[:] a_nthr = st.a_nthr
+    cdef long long[:] a_thr = st.a_thr
+    cdef long long[:] a_year_end = st.a_year_end
+    cdef long long[:] a_balance = st.a_balance
+    cdef long long[:] a_alarm1 = st.a_alarm1
+    cdef long long[:] a_alarm2 = st.a_alarm2
+    cdef long long[:] a_overdraft = st.a_overdraft
+    cdef long long[:] a_close = st.a_close
+    cdef long long[:] a_type = st.a_type
+    cdef long long[:] a_trip = st.a_trip
+    cdef long long[:] a_tripped = st.a_tripped
+    cdef long long[:] a_state = st.a_state
+    # batch
+    cdef Py_ssize_t n = bt.n
+    cdef long long[:] r_meter = bt.r_meter
+    cdef long long[:] r_ts = bt.r_ts
+    cdef long long[:] r_energy = bt.r_energy
+    cdef long long[:] r_flags = bt.r_flags
+    cdef long long[:] r_reg = bt.r_reg
+    # out
+    cdef long long[:] o_status = out.status
+    cdef long long[:] o_amount = out.amount
+    cdef long long[:] o_line0 = out.line0
+    cdef long long[:] o_nline = out.nline
+    cdef long long[:] o_balance = out.balance
+    cdef long long[:] o_old_state = out.old_state
+    cdef long long[:] o_new_state = out.new_state
+    cdef long long[:] o_regs = out.regs
+    cdef long long[:] o_year = out.year
+    cdef long long[:] o_span = out.span
+    cdef long long[:] o_used = out.used
+    cdef long long[:] l_reading = out.l_reading
+    cdef long long[:] l_seg = out.l_seg
+    cdef long long[:] l_energy = out.l_energy
+    cdef long long[:] l_price = out.l_price
+    cdef long long[:] l_amount = out.l_amount
+    cdef long long[:] l_t0 = out.l_t0
+    cdef long long[:] l_t1 = out.l_t1
+    cdef long long[:] l_cum = out.l_cum
+    cdef long long[:] l_posted = out.l_posted
+    if n > r_meter.shape[0] or n > o_status.shape[0] or start < 0:
+        raise ValueError("rate_batch: arrays shorter than the batch")
+    # The GIL is kept: the batch is a few microseconds, and holding it keeps the
+    # kernel atomic against Python code changing the same arrays (a top-up, say).
+    return _rate(
+            nseg, t_ver_start, t_ver_count, t_has_tou, v_eff, v_kind, v_seg, v_price_off,
+            v_thr_off, v_nthr, v_tl_off, v_tl_count, v_tl_end, v_regkey, prices, thresholds,
+            tl_us, tl_key, m_tariff, m_account, m_has_last, m_last_ts, m_last_e, m_rollover,
+            m_reg, m_cum, m_posted, a_year, a_thr_set, a_nthr, a_thr, a_year_end, a_balance,
+            a_alarm1, a_alarm2, a_overdraft, a_close, a_type, a_trip, a_tripped, a_state, n,
+            r_meter, r_ts, r_energy, r_flags, r_reg, o_status, o_amount, o_line0, o_nline,
+            o_balance, o_old_state, o_new_state, o_regs, o_year, o_span, o_used, l_reading,
+            l_seg, l_energy, l_price, l_amount, l_t0, l_t1, l_cum, l_posted, start,
+        )
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+@cython.cdivision(True)
+cdef Py_ssize_t _rate(
+    long long nseg, long long[:] t_ver_start, long long[:] t_ver_count,
+    long long[:] t_has_tou, long long[:] v_eff, long long[:] v_kind, long long[:] v_seg,
+    long long[:] v_price_off, long long[:] v_thr_off, long long[:] v_nthr,
+    long long[:] v_tl_off, long long[:] v_tl_count, long long[:] v_tl_end,
+    long long[:] v_regkey, long long[:] prices, long long[:] thresholds,
+    long long[:] tl_us, long long[:] tl_key, long long[:] m_tariff, long long[:] m_account,
+    long long[:] m_has_last, long long[:] m_last_ts, long long[:] m_last_e,
+    long long[:] m_rollover, long long[:] m_reg, long long[:] m_cum, long long[:] m_posted,
+    long long[:] a_year, long long[:] a_thr_set, long long[:] a_nthr, long long[:] a_thr,
+    long long[:] a_year_end, long long[:] a_balance, long long[:] a_alarm1,
+    long long[:] a_alarm2, long long[:] a_overdraft, long long[:] a_close,
+    long long[:] a_type, long long[:] a_trip, long long[:] a_tripped, long long[:] a_state,
+    Py_ssize_t n, long long[:] r_meter, long long[:] r_ts, long long[:] r_energy,
+    long long[:] r_flags, long long[:] r_reg, long long[:] o_status, long long[:] o_amount,
+    long long[:] o_line0, long long[:] o_nline, long long[:] o_balance,
+    long long[:] o_old_state, long long[:] o_new_state, long long[:] o_regs,
+    long long[:] o_year, long long[:] o_span, long long[:] o_used, long long[:] l_reading,
+    long long[:] l_seg, long long[:] l_energy, long long[:] l_price, long long[:] l_amount,
+    long long[:] l_t0, long long[:] l_t1, long long[:] l_cum, long long[:] l_posted,
+    Py_ssize_t start,
+) noexcept nogil:
+    cdef long long p_key[MAX_PARTS]
+    cdef long long p_energy[MAX_PARTS]
+    cdef long long p_t0[MAX_PARTS]
+    cdef long long p_t1[MAX_PARTS]
+    cdef long long p_price[MAX_PARTS]
+    cdef long long thr[MAX_TIERS]
+    cdef long long regs[NREG]
+    cdef Py_ssize_t nl = o_used[0]
+    cdef Py_ssize_t cap = l_seg.shape[0]
+    cdef Py_ssize_t i = start
+    cdef Py_ssize_t m, a, t, v, k, j, first, last, np, off, cnt, lo, hi, mid, row, idx
+    cdef long long state, energy, flags, delta, t0, t1, kind, year_end, span, cur, prev
+    cdef long long reg_sum, big, base, poff, nthr, toff, year, done, begin, end, tier
+    cdef long long room, take, key, whole, acc, upto_done, upto, share, total, e, cum
+    cdef long long cost, charge, amount, balance
+    cdef int use_regs, neg, every, first_k, fits
+    while i < n:
+        if cap - nl < MAX_PARTS:
+            o_status[i] = NEED_ROOM
+            o_used[0] = nl
+            return i
+        m = r_meter[i]
+        t = m_tariff[m]
+        a = m_account[m]
+        o_line0[i] = nl
+        o_nline[i] = 0
+        o_amount[i] = 0
+        o_regs[i] = 0
+        o_span[i] = 0
+        if t < 0:
+            o_status[i] = S_NOT_CHARGED
+            o_balance[i] = 0
+            o_year[i] = 0
+            o_old_state[i] = ST_NORMAL
+            o_new_state[i] = ST_NORMAL
+            i += 1
+            continue
+        state = a_state[a]
+        o_old_state[i] = state
+        o_new_state[i] = state
+        o_balance[i] = a_balance[a]
+        o_year[i] = a_year[a]
+        energy = r_energy[i]
+        flags = r_flags[i]
+        if energy < 0:
+            o_status[i] = S_NO_ENERGY
+            i += 1
+            continue
+        if m_has_last[m] == 0 or flags & FLAG_DISCONTINUITY:
+            m_has_last[m] = 1
+            m_last_ts[m] = r_ts[i]
+            m_last_e[m] = energy
+            for j in range(NREG):
+                m_reg[m * NREG + j] = r_reg[i * NREG + j]
+            o_status[i] = S_BASELINE
+            i += 1
+            continue
+        delta = energy - m_last_e[m]
+        if delta < 0 and flags & FLAG_ROLLOVER and m_rollover[m] > 0:
+            delta += m_rollover[m]
+        if delta < 0:
+            m_has_last[m] = 1
+            m_last_ts[m] = r_ts[i]
+            m_last_e[m] = energy
+            for j in range(NREG):
+                m_reg[m * NREG + j] = r_reg[i * NREG + j]
+            o_status[i] = S_BASELINE
+            i += 1
+            continue
+        t0 = m_last_ts[m] * 1000
+        t1 = r_ts[i] * 1000
+        if t1 < t0:
+            t1 = t0
+        if flags & FLAG_TIME_UNTRUSTED and t_has_tou[t] != 0:
+            o_status[i] = S_DEFERRED
+            i += 1
+            continue
+        first = t_ver_start[t]
+        last = first + t_ver_count[t]
+        v = -1
+        k = first
+        while k < last and v_eff[k] <= t0:
+            v = k
+            k += 1
+        if v < 0:
+            m_has_last[m] = 1
+            m_last_ts[m] = r_ts[i]
+            m_last_e[m] = energy
+            for j in range(NREG):
+                m_reg[m * NREG + j] = r_reg[i * NREG + j]
+            o_status[i] = S_NO_TARIFF
+            i += 1
+            continue
+        if v + 1 < last and v_eff[v + 1] < t1:
+            o_status[i] = FALLBACK_VERSION
+            break
+        kind = v_kind[v]
+        if kind == KIND_PYTHON:
+            o_status[i] = FALLBACK_RANGE
+            break
+        year_end = a_year_end[a]
+        if year_end != _NONE and (t1 > year_end or t0 >= year_end):
+            o_status[i] = FALLBACK_YEAR_END
+            break
+        span = t1 - t0
+        use_regs = 0
+        reg_sum = 0
+        if kind == KIND_TOU:
+            neg = 0
+            for j in range(NREG):
+                cur = r_reg[i * NREG + j]
+                prev = m_reg[m * NREG + j]
+                if cur >= 0 and prev >= 0:
+                    regs[j] = cur - prev
+                    if regs[j] < 0:
+                        neg = 1
+                    reg_sum += regs[j]
+                    use_regs = 1
+                else:
+                    regs[j] = -1
+            if neg:
+                use_regs = 0
+        big = reg_sum if use_regs and reg_sum > delta else delta
+        if big > _LIMIT // (span + 1):
+            o_status[i] = FALLBACK_RANGE
+            break
+        base = v_seg[v]
+        poff = v_price_off[v]
+        np = 0
+        if kind == KIND_FLAT:
+            p_key[0] = 0
+            p_energy[0] = delta
+            p_t0[0] = t0
+            p_t1[0] = t1
+            p_price[0] = prices[poff]
+            np = 1
+        elif kind == KIND_TIERED:
+            nthr = v_nthr[v]
+            if a_thr_set[a] != 0:
+                if a_nthr[a] != nthr:
+                    o_status[i] = FALLBACK_THRESHOLDS
+                    break
+                for k in range(nthr):
+                    thr[k] = a_thr[a * MAX_TIERS + k]
+            else:
+                toff = v_thr_off[v]
+                for k in range(nthr):
+                    thr[k] = thresholds[toff + k]
+            year = a_year[a]
+            done = 0
+            begin = t0
+            while True:
+                tier = 0
+                while tier < nthr and thr[tier] <= year + done:
+                    tier += 1
+                room = thr[tier] - (year + done) if tier < nthr else delta - done
+                take = delta - done
+                if room < take:
+                    take = room
+                done += take
+                end = t1 if done == delta else t0 + span * done // delta
+                p_key[np] = tier
+                p_energy[np] = take
+                p_t0[np] = begin
+                p_t1[np] = end
+                p_price[np] = prices[poff + tier]
+                np += 1
+                begin = end
+                if done == delta:
+                    break
+        else:
+            off = v_tl_off[v]
+            cnt = v_tl_count[v]
+            if cnt == 0 or t0 < tl_us[off] or t1 > v_tl_end[v]:
+                o_status[i] = FALLBACK_TIMELINE
+                break
+            lo = off
+            hi = off + cnt
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if tl_us[mid] <= t0:
+                    lo = mid
+                else:
+                    hi = mid
+            k = lo
+            begin = t0
+            while True:
+                if np == MAX_PARTS:
+                    break
+                p_key[np] = tl_key[k]
+                p_t0[np] = begin
+                p_price[np] = prices[poff + tl_key[k]]
+                if k + 1 < off + cnt and tl_us[k + 1] < t1:
+                    begin = tl_us[k + 1]
+                    p_t1[np] = begin
+                    np += 1
+                    k += 1
+                else:
+                    p_t1[np] = t1
+                    np += 1
+                    break
+            if np == MAX_PARTS and p_t1[np - 1] != t1:
+                o_status[i] = FALLBACK_TIMELINE
+                break
+            if use_regs:
+                for k in range(np):
+                    p_energy[k] = 0
+                for j in range(NREG):
+                    if regs[j] < 0:
+                        continue
+                    key = v_regkey[v * NREG + j]
+                    whole = 0
+                    for k in range(np):
+                        if p_key[k] == key:
+                            whole += p_t1[k] - p_t0[k]
+                    every = 1
+                    for k in range(np):
+                        if p_key[k] == key:
+                            every = 0
+                            break
+                    if every:
+                        whole = span
+                    acc = 0
+                    upto_done = 0
+                    first_k = 1
+                    for k in range(np):
+                        if not every and p_key[k] != key:
+                            continue
+                        if whole == 0:
+                            share = regs[j] if first_k else 0
+                        else:
+                            acc += p_t1[k] - p_t0[k]
+                            upto = (2 * regs[j] * acc + whole) // (2 * whole)
+                            share = upto - upto_done
+                            upto_done = upto
+                        first_k = 0
+                        p_energy[k] += share
+            else:
+                upto_done = 0
+                for k in range(np):
+                    if span == 0:
+                        p_energy[k] = delta if k == 0 else 0
+                    else:
+                        upto = (2 * delta * (p_t1[k] - t0) + span) // (2 * span)
+                        p_energy[k] = upto - upto_done
+                        upto_done = upto
+        total = 0
+        for k in range(np):
+            total += p_energy[k]
+        row = m * nseg + base
+        fits = 1
+        for k in range(np):
+            if m_cum[row + p_key[k]] + total > _ENERGY_MAX or p_price[k] > _PRICE_MAX:
+                fits = 0
+        if not fits:
+            o_status[i] = FALLBACK_RANGE
+            break
+        amount = 0
+        for k in range(np):
+            e = p_energy[k]
+            if e == 0:
+                continue
+            idx = row + p_key[k]
+            cum = m_cum[idx] + e
+            cost = (cum * p_price[k] + 500) // 1000
+            charge = cost - m_posted[idx]
+            m_cum[idx] = cum
+            m_posted[idx] = cost
+            l_reading[nl] = i
+            l_seg[nl] = base + p_key[k]
+            l_energy[nl] = e
+            l_price[nl] = p_price[k]
+            l_amount[nl] = charge
+            l_t0[nl] = p_t0[k]
+            l_t1[nl] = p_t1[k]
+            l_cum[nl] = cum
+            l_posted[nl] = cost
+            nl += 1
+            amount += charge
+        a_year[a] += total
+        o_year[i] = a_year[a]
+        m_has_last[m] = 1
+        m_last_ts[m] = r_ts[i]
+        m_last_e[m] = energy
+        for j in range(NREG):
+            m_reg[m * NREG + j] = r_reg[i * NREG + j]
+        o_nline[i] = nl - o_line0[i]
+        o_amount[i] = amount
+        o_regs[i] = use_regs
+        o_span[i] = span
+        if a_type[a] == ACCOUNT_UNBILLED:
+            o_status[i] = S_UNBILLED
+            i += 1
+            continue
+        balance = a_balance[a] - amount
+        a_balance[a] = balance
+        state = _evaluate(a_type[a], a_trip[a], a_tripped[a], balance, a_alarm1[a],
+                          a_alarm2[a], a_overdraft[a], a_close[a])
+        if state == ST_DUE_TO_TRIP:
+            a_tripped[a] = 1
+        a_state[a] = state
+        o_balance[i] = balance
+        o_new_state[i] = state
+        o_status[i] = S_RATED
+        i += 1
+    o_used[0] = nl
+    return i

@@ -1,0 +1,661 @@
+"""BatchRater: rate batches of readings in memory with the fast-path kernel.
+
+It holds every charged meter's and account's rating state as typed arrays (see
+``layout.py``), turns a batch of :class:`~gateway.protocols.quantities.Reading` into
+arrays, runs the kernel (``rate_batch``: the compiled module or its twin, chosen as in
+``gateway.fastpath``) and gives one :class:`Outcome` per reading: its charge lines,
+the account's balance and a prepaid state change.
+
+Rules per reading, those of ``gateway.charging.post_reading``: the first reading of a
+meter is its baseline; no consumption across a discontinuity; a rollover adds the
+register range (x ratio) of a DL/T 645 meter; an unflagged fall is a new baseline;
+an interval with no tariff version in force is not charged (new baseline); while the
+clock is untrusted a time-of-use tariff is not rated (deferred: nothing changes);
+an unbilled account's state advances but nothing is posted.  Rating itself is
+``gateway.billing.rate``'s to the unit, and the state after a charge that of
+``gateway.prepaid.evaluate`` (held ``due_to_trip`` until :meth:`BatchRater.relay_closed`).
+
+Per-tariff registers (ENERGY_T1..T4) are used for a time-of-use interval when the
+reading and the meter's previous reading both have at least one of them: the deltas
+of those present in both (none negative, else the total is apportioned by time).
+
+What the kernel hands back to Python (``gateway.billing.rate`` here, counted in
+:attr:`BatchRater.fallbacks` by reason): an interval in which a tariff version takes
+effect, one reaching the account's yearly tier reset, a time-of-use interval starting
+more than ``MAX_SPAN_DAYS`` before the batch's last reading (or giving more than
+``MAX_PARTS`` lines), prorated thresholds not matching the tiered version, sizes past
+int64 safety (energy x microseconds >= 2**61, cumulative energy > 1e12 Wh) and versions
+the kernel cannot hold (more than ``MAX_TIERS`` tiers, unsorted thresholds, a season
+slot without a price, two versions sharing a number).
+
+Layering note: unlike the kernel, this wrapper imports ``gateway.billing`` (the Python
+rating for the cases above and the result types) and ``gateway.prepaid``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from types import ModuleType
+from typing import overload
+
+from gateway import fastpath
+from gateway.billing import ChargeLine, Interval, MeterState, Running, TariffBook, rate
+from gateway.config.model import AccountType
+from gateway.fastpath import layout as L
+from gateway.fastpath.tables import SegmentKey, TableBuilder, from_us
+from gateway.prepaid import PrepaidState, StateChange, Thresholds, evaluate
+from gateway.protocols.quantities import Quantity, Reading
+
+__all__ = ["STATUS", "BatchRater", "BatchResult", "Outcome"]
+
+STATUS = {
+    L.S_RATED: "rated",
+    L.S_BASELINE: "baseline",
+    L.S_DEFERRED: "deferred",
+    L.S_NO_TARIFF: "no_tariff",
+    L.S_NO_ENERGY: "no_energy",
+    L.S_NOT_CHARGED: "not_charged",
+    L.S_UNBILLED: "unbilled",
+    L.S_ERROR: "error",
+}
+"""Status code -> name (``Outcome.status``)."""
+FALLBACK = {
+    L.FALLBACK_VERSION: "version_change",
+    L.FALLBACK_YEAR_END: "year_end",
+    L.FALLBACK_RANGE: "range",
+    L.FALLBACK_TIMELINE: "timeline",
+    L.FALLBACK_THRESHOLDS: "thresholds",
+}
+_TYPES: dict[str, int] = {
+    "prepaid": L.ACCOUNT_PREPAID,
+    "postpaid": L.ACCOUNT_POSTPAID,
+    "unbilled": L.ACCOUNT_UNBILLED,
+}
+_KINDS: dict[int, AccountType] = {
+    L.ACCOUNT_PREPAID: "prepaid",
+    L.ACCOUNT_POSTPAID: "postpaid",
+    L.ACCOUNT_UNBILLED: "unbilled",
+}
+_REGISTERS = (Quantity.ENERGY_T1, Quantity.ENERGY_T2, Quantity.ENERGY_T3, Quantity.ENERGY_T4)
+_ACCOUNT_ROWS = (
+    "a_year",
+    "a_thr_set",
+    "a_nthr",
+    "a_year_end",
+    "a_balance",
+    "a_alarm1",
+    "a_alarm2",
+    "a_overdraft",
+    "a_close",
+    "a_type",
+    "a_trip",
+    "a_tripped",
+    "a_state",
+)
+_METER_ROWS = ["m_tariff", "m_account", "m_has_last", "m_last_ts", "m_last_e", "m_rollover"]
+_STATES = [PrepaidState(s) for s in L.STATES]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one reading did."""
+
+    meter: str
+    account: str | None
+    ts_ms: int
+    status: str  #: a value of :data:`STATUS`
+    amount: int  #: charged in total (0.0001 yuan); 0 unless rated
+    balance: int  #: the account's balance after the reading
+    year_wh: int  #: the account's billing-year energy after the reading
+    lines: tuple[ChargeLine, ...]  #: as gateway.billing.rate gives them
+    #: the rounding accumulators the lines changed, as they are after the reading
+    totals: Mapping[SegmentKey, Running] = field(hash=False)
+    change: StateChange | None  #: the account's prepaid state changed
+    fallback: str | None = None  #: rated by gateway.billing.rate, and why (FALLBACK)
+    error: str | None = None  #: rating raised: nothing changed (status ``error``)
+
+
+class BatchResult(Sequence[Outcome]):
+    """The outcomes of one batch, built on access from the kernel's arrays."""
+
+    def __init__(
+        self,
+        rater: BatchRater,
+        meters: list[int],
+        ts: list[int],
+        out: L.Out,
+        python: dict[int, Outcome],
+    ) -> None:
+        self._rater = rater
+        self._meters = meters
+        self._ts = ts
+        self.out = out  #: the kernel's arrays
+        self._python = python  #: outcomes of readings rated in Python
+        self._cache: dict[int, Outcome] = {}
+
+    def __len__(self) -> int:
+        return len(self._meters)
+
+    @overload
+    def __getitem__(self, i: int) -> Outcome: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Outcome]: ...
+    def __getitem__(self, i: int | slice) -> Outcome | list[Outcome]:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self._meters):
+            raise IndexError(i)
+        got = self._cache.get(i)
+        if got is None:
+            got = self._cache[i] = self._rater._outcome(self, i)
+        return got
+
+    def __iter__(self) -> Iterator[Outcome]:
+        for i in range(len(self)):
+            yield self[i]
+
+    @property
+    def changes(self) -> list[StateChange]:
+        """The prepaid state changes, in reading order."""
+        out = self.out
+        found = [i for i in range(len(self)) if out.old_state[i] != out.new_state[i]]
+        return [c for i in found if (c := self[i].change) is not None]
+
+    @property
+    def amount(self) -> int:
+        return sum(self.out.amount[i] for i in range(len(self)))
+
+
+class BatchRater:
+    """Meters' and accounts' rating state in typed arrays; :meth:`rate` takes batches."""
+
+    def __init__(
+        self,
+        book: TariffBook,
+        *,
+        engine: ModuleType | None = None,
+        max_gap: timedelta | None = None,
+    ) -> None:
+        self.book = book
+        self.engine = engine or fastpath.engine
+        self.max_gap = max_gap
+        self._max_gap_us = None if max_gap is None else max_gap // timedelta(microseconds=1)
+        self.tables = TableBuilder(book)
+        self.state = L.State()
+        self.meters: list[str] = []
+        self.meter_index: dict[str, int] = {}
+        self.accounts: list[str] = []
+        self.account_index: dict[str, int] = {}
+        self._thresholds: list[Thresholds] = []
+        self._prorated: list[tuple[int, ...] | None] = []  # the full tuples
+        self._extra: dict[int, dict[SegmentKey, Running]] = {}  # keys outside the tables
+        self.fallbacks: Counter[str] = Counter()  #: readings rated in Python, by reason
+        self.rated = 0  #: readings the kernel did
+
+    # --- accounts and meters -----------------------------------------------------------
+
+    def add_account(
+        self,
+        account: str,
+        *,
+        account_type: AccountType,
+        thresholds: Thresholds,
+        trip_on_arrears: bool,
+        balance: int = 0,
+        tripped: bool = False,
+        year_wh: int = 0,
+        prorated: tuple[int, ...] | None = None,
+        year_end_us: int | None = None,
+    ) -> None:
+        """Add (or replace) an account's state.  ``prorated``: its tier thresholds
+        when not the tariff's; ``year_end_us``: when its tier total resets."""
+        a = self.account_index.get(account)
+        st = self.state
+        if a is None:
+            a = len(self.accounts)
+            self.accounts.append(account)
+            self.account_index[account] = a
+            self._thresholds.append(thresholds)
+            self._prorated.append(None)
+            for name in [
+                "a_year",
+                "a_thr_set",
+                "a_nthr",
+                "a_year_end",
+                "a_balance",
+                "a_alarm1",
+                "a_alarm2",
+                "a_overdraft",
+                "a_close",
+                "a_type",
+                "a_trip",
+                "a_tripped",
+                "a_state",
+            ]:
+                getattr(st, name).append(0)
+            st.a_thr.extend(L.zeros(L.MAX_TIERS))
+        st.a_type[a] = _TYPES[account_type]
+        st.a_trip[a] = int(trip_on_arrears)
+        st.a_year[a] = year_wh
+        st.a_year_end[a] = L.NONE if year_end_us is None else year_end_us
+        self._set_prorated(a, prorated)
+        st.a_balance[a] = balance
+        st.a_tripped[a] = int(tripped)
+        self._set_levels(a, thresholds)
+        st.a_state[a] = self._evaluate(a, balance)
+
+    def _set_prorated(self, a: int, prorated: tuple[int, ...] | None) -> None:
+        st = self.state
+        self._prorated[a] = prorated
+        st.a_thr_set[a] = int(prorated is not None)
+        st.a_nthr[a] = 0
+        if prorated is None:
+            return
+        fits = len(prorated) <= L.MAX_TIERS and list(prorated) == sorted(prorated)
+        st.a_nthr[a] = len(prorated) if fits else L.MAX_TIERS + 1  # else: Python
+        for k, value in enumerate(prorated[: L.MAX_TIERS]):
+            st.a_thr[a * L.MAX_TIERS + k] = value
+
+    def _set_levels(self, a: int, thresholds: Thresholds) -> None:
+        st = self.state
+        self._thresholds[a] = thresholds
+        st.a_alarm1[a] = thresholds.alarm1
+        st.a_alarm2[a] = thresholds.alarm2
+        st.a_overdraft[a] = thresholds.overdraft_limit
+        st.a_close[a] = thresholds.close_allow
+
+    def add_meter(
+        self,
+        meter: str,
+        account: str,
+        tariff: str | None,
+        *,
+        rollover_wh: int = 0,
+        last: tuple[int, int] | None = None,
+        registers: Sequence[int | None] = (),
+        totals: Mapping[SegmentKey, Running] | None = None,
+    ) -> None:
+        """Add (or replace) a meter of ``account`` (added before).  ``tariff`` None:
+        not charged; ``rollover_wh``: register range x ratio (DL/T 645), 0: none;
+        ``last``: (ts ms, energy Wh) of its baseline reading; ``registers``: that
+        reading's per-tariff registers T1..T4 (None: absent); ``totals``: its rounding
+        accumulators."""
+        a = self.account_index[account]
+        t = -1 if tariff is None else self._tariff(tariff)
+        st = self.state
+        m = self.meter_index.get(meter)
+        if m is None:
+            m = len(self.meters)
+            self.meters.append(meter)
+            self.meter_index[meter] = m
+            for name in [
+                "m_tariff",
+                "m_account",
+                "m_has_last",
+                "m_last_ts",
+                "m_last_e",
+                "m_rollover",
+            ]:
+                getattr(st, name).append(0)
+            st.m_reg.extend(L.zeros(L.NREG))
+            st.m_cum.extend(L.zeros(self.tables.tables.nseg))
+            st.m_posted.extend(L.zeros(self.tables.tables.nseg))
+        st.m_tariff[m] = t
+        st.m_account[m] = a
+        st.m_rollover[m] = rollover_wh
+        st.m_has_last[m] = int(last is not None)
+        st.m_last_ts[m], st.m_last_e[m] = last if last is not None else (0, 0)
+        for j in range(L.NREG):
+            value = registers[j] if j < len(registers) else None
+            st.m_reg[m * L.NREG + j] = -1 if value is None else value
+        self._set_totals(m, totals or {})
+
+    def _tariff(self, tariff: str) -> int:
+        """The tariff's index; a new one adds segments: the meters' rows are laid out anew."""
+        builder = self.tables
+        if tariff in builder.tariff_index:
+            return builder.tariff_index[tariff]
+        keep = [self.totals(meter) for meter in self.meters]
+        t = builder.add(tariff)
+        nseg = builder.tables.nseg
+        self.state.m_cum = L.zeros(len(self.meters) * nseg)
+        self.state.m_posted = L.zeros(len(self.meters) * nseg)
+        self._extra.clear()
+        for m, totals in enumerate(keep):
+            self._set_totals(m, totals)
+        return t
+
+    def _set_totals(self, m: int, totals: Mapping[SegmentKey, Running]) -> None:
+        nseg = self.tables.tables.nseg
+        st = self.state
+        for g in range(nseg):
+            st.m_cum[m * nseg + g] = 0
+            st.m_posted[m * nseg + g] = 0
+        extra: dict[SegmentKey, Running] = {}
+        for key, run in totals.items():
+            seg = self.tables.segment_index.get(key)
+            if seg is None:
+                extra[key] = run
+            else:
+                st.m_cum[m * nseg + seg] = run.energy_wh
+                st.m_posted[m * nseg + seg] = run.posted
+        if extra:
+            self._extra[m] = extra
+        else:
+            self._extra.pop(m, None)
+
+    def totals(self, meter: str) -> dict[SegmentKey, Running]:
+        """The meter's rounding accumulators (the ones ever used)."""
+        m = self.meter_index[meter]
+        nseg = self.tables.tables.nseg
+        st = self.state
+        out = dict(self._extra.get(m, {}))
+        for g, key in enumerate(self.tables.segments):
+            cum, posted = st.m_cum[m * nseg + g], st.m_posted[m * nseg + g]
+            if cum or posted:
+                out[key] = Running(cum, posted)
+        return out
+
+    def last(self, meter: str) -> tuple[int, int] | None:
+        """(ts ms, energy Wh) of the meter's baseline reading, if any."""
+        m = self.meter_index[meter]
+        st = self.state
+        return (st.m_last_ts[m], st.m_last_e[m]) if st.m_has_last[m] else None
+
+    def meter_state(self, meter: str) -> MeterState:
+        """The meter's state as gateway.billing.rate takes it."""
+        m = self.meter_index[meter]
+        st = self.state
+        a = st.m_account[m]
+        t = st.m_tariff[m]
+        tariff = self.tables.tariff_ids[t] if t >= 0 else ""
+        year_end = st.a_year_end[a]
+        return MeterState(
+            meter,
+            self.accounts[a],
+            tariff,
+            year_wh=st.a_year[a],
+            thresholds=self._prorated_of(a),
+            year_end=None if year_end == L.NONE else from_us(year_end),
+            totals=self.totals(meter),
+        )
+
+    def _prorated_of(self, a: int) -> tuple[int, ...] | None:
+        return self._prorated[a] if self.state.a_thr_set[a] else None
+
+    # --- balances and states -----------------------------------------------------------
+
+    def balance(self, account: str) -> int:
+        return self.state.a_balance[self.account_index[account]]
+
+    def year_wh(self, account: str) -> int:
+        return self.state.a_year[self.account_index[account]]
+
+    def prepaid_state(self, account: str) -> PrepaidState:
+        return _STATES[self.state.a_state[self.account_index[account]]]
+
+    def tripped(self, account: str) -> bool:
+        return bool(self.state.a_tripped[self.account_index[account]])
+
+    def _evaluate(self, a: int, balance: int) -> int:
+        st = self.state
+        state = evaluate(
+            balance,
+            self._thresholds[a],
+            account_type=_KINDS[st.a_type[a]],
+            trip_on_arrears=bool(st.a_trip[a]),
+            tripped=bool(st.a_tripped[a]),
+        )
+        return L.STATES.index(state.value)
+
+    def _settle(self, a: int, balance: int, ts_ms: int) -> StateChange | None:
+        st = self.state
+        old = st.a_state[a]
+        st.a_balance[a] = balance
+        new = self._evaluate(a, balance)
+        if new == L.ST_DUE_TO_TRIP:
+            st.a_tripped[a] = 1
+        st.a_state[a] = new
+        if new == old:
+            return None
+        return StateChange(self.accounts[a], ts_ms, _STATES[old], _STATES[new], balance)
+
+    def set_balance(self, account: str, balance: int, ts_ms: int) -> StateChange | None:
+        """A top-up (or any balance change outside rating) set the balance."""
+        return self._settle(self.account_index[account], balance, ts_ms)
+
+    def relay_closed(self, account: str, ts_ms: int) -> StateChange | None:
+        """The account's relays are closed: no longer held tripped; re-evaluated."""
+        a = self.account_index[account]
+        self.state.a_tripped[a] = 0
+        return self._settle(a, self.state.a_balance[a], ts_ms)
+
+    def set_thresholds(
+        self, account: str, thresholds: Thresholds, ts_ms: int
+    ) -> StateChange | None:
+        a = self.account_index[account]
+        self._set_levels(a, thresholds)
+        return self._settle(a, self.state.a_balance[a], ts_ms)
+
+    # --- rating ------------------------------------------------------------------------
+
+    def rate(self, readings: Sequence[Reading]) -> BatchResult:
+        """Rate ``readings`` (1..N, any meters, in order); the outcome of each."""
+        n = len(readings)
+        batch = L.Batch(n)
+        index = self.meter_index
+        for i, reading in enumerate(readings):
+            batch.r_meter[i] = index[reading.meter]
+            batch.r_ts[i] = reading.ts_ms
+            values = reading.values
+            energy = values.get(Quantity.ENERGY_IMPORT)
+            batch.r_energy[i] = -1 if energy is None or energy < 0 else energy
+            batch.r_flags[i] = reading.flags
+            for j, q in enumerate(_REGISTERS):
+                reg = values.get(q)
+                batch.r_reg[i * L.NREG + j] = -1 if reg is None or reg < 0 else reg
+        return self.rate_arrays(batch)
+
+    def rate_arrays(self, batch: L.Batch) -> BatchResult:
+        """Rate a batch given as arrays (meter indexes of :attr:`meter_index`)."""
+        n = batch.n
+        st = self.state
+        if n:
+            lo = hi = batch.r_ts[0]
+            for i in range(n):
+                ts = batch.r_ts[i]
+                m = batch.r_meter[i]
+                first = st.m_last_ts[m] if st.m_has_last[m] and st.m_last_ts[m] < ts else ts
+                lo = min(lo, first)
+                hi = max(hi, ts)
+            self.tables.cover(lo * 1000, hi * 1000)
+        out = L.Out(n, 4 * n + L.MAX_PARTS)
+        python: dict[int, Outcome] = {}
+        kernel = self.engine.rate_batch
+        i = 0
+        while i < n:
+            stop = kernel(self.tables.tables, st, batch, out, i)
+            self.rated += stop - i
+            if stop >= n:
+                break
+            reason = out.status[stop]
+            if reason == L.NEED_ROOM:
+                out = _grown(out)
+                i = stop
+                continue
+            python[stop] = self._in_python(batch, out, stop, FALLBACK[reason])
+            i = stop + 1
+        return BatchResult(self, list(batch.r_meter), list(batch.r_ts), out, python)
+
+    def _in_python(self, batch: L.Batch, out: L.Out, i: int, why: str) -> Outcome:
+        """Rate reading ``i`` (the kernel stopped at it) with gateway.billing.rate."""
+        self.fallbacks[why] += 1
+        st = self.state
+        m = batch.r_meter[i]
+        a = st.m_account[m]
+        ts, energy, flags = batch.r_ts[i], batch.r_energy[i], batch.r_flags[i]
+        delta = energy - st.m_last_e[m]
+        if delta < 0 and flags & L.FLAG_ROLLOVER and st.m_rollover[m] > 0:
+            delta += st.m_rollover[m]
+        t0_ms = st.m_last_ts[m]
+        t1_ms = max(t0_ms, ts)
+        slot_wh: dict[int, int] | None = {}
+        for j in range(L.NREG):
+            cur, prev = batch.r_reg[i * L.NREG + j], st.m_reg[m * L.NREG + j]
+            if cur >= 0 and prev >= 0 and slot_wh is not None:
+                slot_wh[j + 1] = cur - prev
+                if cur < prev:
+                    slot_wh = None
+        before = self.meter_state(self.meters[m])
+        interval = Interval(from_us(t0_ms * 1000), from_us(t1_ms * 1000), delta, slot_wh or None)
+        balance, year = st.a_balance[a], st.a_year[a]
+        out.line0[i], out.nline[i], out.amount[i] = 0, 0, 0
+        out.old_state[i] = out.new_state[i] = st.a_state[a]
+        change = None
+        try:
+            rating = rate(before, interval, self.book, max_gap=self.max_gap, engine=self.engine)
+        except KeyError:  # no tariff version in force
+            self._baseline(batch, i, m)
+            out.status[i] = L.S_NO_TARIFF
+            return self._python_outcome(i, m, a, balance, year, (), {}, None, why)
+        except (ValueError, IndexError) as exc:  # refused by rate; or prorated tiers too long
+            out.status[i] = L.S_ERROR
+            return self._python_outcome(i, m, a, balance, year, (), {}, None, why, str(exc))
+        after = rating.state
+        self._set_totals(m, after.totals)
+        st.a_year[a] = year = after.year_wh
+        if after.thresholds is None:
+            self._set_prorated(a, None)
+        if after.year_end is None:
+            st.a_year_end[a] = L.NONE
+        self._baseline(batch, i, m)
+        out.amount[i] = rating.amount
+        if st.a_type[a] == L.ACCOUNT_UNBILLED:
+            out.status[i] = L.S_UNBILLED
+        else:
+            balance -= rating.amount
+            change = self._settle(a, balance, ts)
+            out.status[i] = L.S_RATED
+            out.new_state[i] = st.a_state[a]
+        touched = {(ln.tariff_id, ln.version, ln.key) for ln in rating.lines}
+        totals = {k: after.totals[k] for k in touched}
+        return self._python_outcome(i, m, a, balance, year, rating.lines, totals, change, why)
+
+    def _baseline(self, batch: L.Batch, i: int, m: int) -> None:
+        st = self.state
+        st.m_has_last[m] = 1
+        st.m_last_ts[m] = batch.r_ts[i]
+        st.m_last_e[m] = batch.r_energy[i]
+        for j in range(L.NREG):
+            st.m_reg[m * L.NREG + j] = batch.r_reg[i * L.NREG + j]
+
+    def _python_outcome(
+        self,
+        i: int,
+        m: int,
+        a: int,
+        balance: int,
+        year: int,
+        lines: tuple[ChargeLine, ...],
+        totals: Mapping[SegmentKey, Running],
+        change: StateChange | None,
+        why: str,
+        error: str | None = None,
+    ) -> Outcome:
+        return Outcome(
+            self.meters[m],
+            self.accounts[a],
+            0,  # set by the result
+            "",
+            sum(line.amount for line in lines),
+            balance,
+            year,
+            lines,
+            totals,
+            change,
+            why,
+            error,
+        )
+
+    def _outcome(self, result: BatchResult, i: int) -> Outcome:
+        """The outcome of reading ``i`` that the kernel rated, from its arrays."""
+        out = result.out
+        m = result._meters[i]
+        ts = result._ts[i]
+        st = self.state
+        code = out.status[i]
+        t = st.m_tariff[m]
+        account = self.accounts[st.m_account[m]] if t >= 0 else None
+        python = result._python.get(i)
+        if python is not None:
+            return _fill(python, ts, STATUS[code])
+        lines: list[ChargeLine] = []
+        totals: dict[SegmentKey, Running] = {}
+        regs = bool(out.regs[i])
+        segments = self.tables.segments
+        estimated = self._max_gap_us is not None and not regs and out.span[i] > self._max_gap_us
+        meter = self.meters[m]
+        for k in range(out.line0[i], out.line0[i] + out.nline[i]):
+            key = segments[out.l_seg[k]]
+            t0, t1 = out.l_t0[k], out.l_t1[k]
+            lines.append(
+                ChargeLine(
+                    meter,
+                    account or "",
+                    key[0],
+                    key[1],
+                    key[2],
+                    from_us(t0),
+                    from_us(t1),
+                    out.l_energy[k],
+                    out.l_price[k],
+                    out.l_amount[k],
+                    estimated,
+                    not regs,
+                )
+            )
+            totals[key] = Running(out.l_cum[k], out.l_posted[k])
+        change = None
+        if out.old_state[i] != out.new_state[i] and account is not None:
+            change = StateChange(
+                account,
+                ts,
+                _STATES[out.old_state[i]],
+                _STATES[out.new_state[i]],
+                out.balance[i],
+            )
+        return Outcome(
+            meter,
+            account,
+            ts,
+            STATUS[code],
+            out.amount[i],
+            out.balance[i],
+            out.year[i],
+            tuple(lines),
+            totals,
+            change,
+        )
+
+
+def _fill(outcome: Outcome, ts: int, status: str) -> Outcome:
+    return replace(outcome, ts_ms=ts, status=status)
+
+
+def _grown(out: L.Out) -> L.Out:
+    """The same results with twice the room for lines."""
+    n = len(out.status)
+    bigger = L.Out(0, 2 * len(out.l_seg))
+    for name in vars(out):
+        if not name.startswith("l_"):
+            setattr(bigger, name, getattr(out, name))
+    for name in vars(out):
+        if name.startswith("l_"):
+            getattr(bigger, name)[: len(out.l_seg)] = getattr(out, name)
+    assert len(bigger.status) == n
+    return bigger
