@@ -33,6 +33,7 @@ from gateway.protocols.command import (
     ReasonCode,
     ReplyStatus,
 )
+from gateway.relays import RelayController
 from gateway.runtime import Runtime
 from gateway.sim.config import parse_sim_config
 from gateway.sim.service import Simulator
@@ -45,6 +46,7 @@ YUAN = 10_000
 
 
 def config_yaml(sim: Simulator, broker: Mosquitto, public_key: bytes | None) -> str:
+    """One DL/T 645 meter of prepaid account A; relays confirmed fast."""
     key = f"'{base64.b64encode(public_key).decode()}'" if public_key else "null"
     return f"""\
 gateway_id: {GW}
@@ -58,6 +60,7 @@ tariffs:
   - {{id: flat, version: 1, effective: "2024-01-01T00:00:00+08:00", kind: flat, price: 8500}}
 uplink: {{host: {broker.host}, port: {broker.port}, client_id: gateway-test-gw}}
 commands: {{public_key: {key}}}
+relays: {{confirm_delay_s: 0.1, confirm_attempts: 3}}
 """
 
 
@@ -78,8 +81,13 @@ def gateway(
     *,
     calendar: bool = False,
     charging: bool = True,
+    sims: list[Simulator] | None = None,
 ) -> Iterator[Runtime]:
+    """A gateway runtime on a simulated meter, its uplink connected; ``sims`` gets the
+    simulator."""
     with simulator(tmp, clock) as sim:
+        if sims is not None:
+            sims.append(sim)
         config = parse_config(config_yaml(sim, broker, public_key), str(tmp / "gw.yaml"))
         rt = Runtime(
             config,
@@ -336,3 +344,45 @@ def test_without_charging_a_top_up_goes_to_the_ledger_with_its_record(
         assert "positive" in over.text
         assert state(rt) == ((before[0] or 0) + 3 * YUAN, before[1] + 1, before[2] + 2)
         assert send(broker, cmd).reason == ReasonCode.REPLAYED
+
+
+def test_protect_and_relay_test_through_the_relay_controller(
+    broker: Mosquitto, tmp_path: Path, master_key: Ed25519PrivateKey
+) -> None:
+    sims: list[Simulator] = []
+    key = public_key_bytes(master_key)
+    with gateway(tmp_path, broker, key, ManualClock(START), sims=sims) as rt:
+        assert rt.charger is not None and rt.writer is not None
+        reply = send(broker, command(rt, master_key, CommandKind.TOP_UP, top_up(100 * YUAN, "R")))
+        assert reply.status == ReplyStatus.OK
+        relays = getattr(rt, "relays", None)
+        own = relays is None  # the runtime does not start one (yet): one on its parts
+        if relays is None:
+            relays = RelayController(
+                rt.config, rt.bus_for, rt.writer, rt.clock, rt.charger, rt.writer
+            )
+            rt.charger.add_listener(relays.on_state)
+            relays.start()
+            rt.relays = relays  # type: ignore[attr-defined]
+        try:
+            on = command(rt, master_key, CommandKind.PROTECT, {"account": "A", "on": True})
+            assert send(broker, on).status == ReplyStatus.OK
+            assert relays.protected("A")
+            test = command(rt, master_key, CommandKind.RELAY_TEST, {"meter": "dl1"})
+            reply = send(broker, test)
+            assert (reply.status, reply.reason) == (ReplyStatus.FAILED, ReasonCode.DEVICE)
+            assert "protect mode" in reply.text
+            off = command(rt, master_key, CommandKind.PROTECT, {"account": "A", "on": False})
+            assert send(broker, off).status == ReplyStatus.OK
+            assert not relays.protected("A")
+            reply = send(broker, command(rt, master_key, CommandKind.RELAY_TEST, {"meter": "dl1"}))
+            assert reply.status == ReplyStatus.OK, reply
+            result = reply.result["test"]
+            assert isinstance(result, dict) and result["tripped"] and result["closed"]
+            meter = sims[0].truth("dl1")["meters"]["dl1"]
+            assert isinstance(meter, dict)
+            assert meter["relay_closed"] is True
+            assert meter["counters"]["control-trip"] == 1  # type: ignore[index]
+        finally:
+            if own:
+                relays.stop()

@@ -250,6 +250,12 @@ def relay_test(rt: Runtime, cmd: Command) -> Outcome:
     except GatewayError as exc:
         return failed(cmd, ReasonCode.DEVICE, f"relay test of {meter}: {exc}")
     result = _plain(outcome)
+    if isinstance(outcome, dict) and outcome.get("ok") is False:
+        why = outcome.get("error") or "the relay did not trip and close as asked"
+        text = f"relay test of {meter}: {why}"
+        return CommandReply(
+            cmd.command_id, ReplyStatus.FAILED, ReasonCode.DEVICE, text, {"test": result}
+        )
     return ok(cmd, meter=meter, test=result)
 
 
