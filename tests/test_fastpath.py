@@ -94,3 +94,24 @@ def test_environment_forces_twin() -> None:
         check=True,
     ).stdout
     assert out.startswith("pure forced by GATEWAY_FASTPATH=pure")
+
+
+def test_a_stale_compiled_module_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A build from an older _engine.pyx lacks the kernel: the twin is used, and said why.
+    import importlib
+    import types
+
+    stale = types.ModuleType("gateway.fastpath._engine")
+    for name in ("cumulative_cost", "posted_charge", "charge_batch"):
+        setattr(stale, name, getattr(_engine_py, name))
+    real = importlib.import_module
+    monkeypatch.setattr(
+        importlib,
+        "import_module",
+        lambda name, *a: stale if name == "gateway.fastpath._engine" else real(name, *a),
+    )
+    module, kind, reason = fastpath.load("auto")
+    assert (module, kind) == (_engine_py, "pure")
+    assert reason is not None and "stale" in reason and "rate_batch" in reason
+    with pytest.raises(ImportError, match="stale"):
+        fastpath.load("compiled")

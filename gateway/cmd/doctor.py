@@ -1,4 +1,9 @@
-"""``gateway doctor``: what is installed and which fast path is active."""
+"""``gateway doctor``: what is installed and which fast path is active.
+
+The compiled fast path is active only when it loads and offers everything its pure
+twin does (the rating kernel ``rate_batch`` included); otherwise the reason is shown,
+and ``--require-compiled`` exits 1 (CI: ``scripts/test``).
+"""
 
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ def report() -> dict[str, object]:
         "fastpath": fastpath.IMPLEMENTATION,
         "fastpath_module": fastpath.engine.__file__,
         "fastpath_reason": fastpath.UNAVAILABLE_REASON,
+        "fastpath_kernel": "rate_batch" if hasattr(fastpath.engine, "rate_batch") else None,
         "dependencies": versions,
     }
 
