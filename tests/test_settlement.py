@@ -158,8 +158,12 @@ def test_the_running_gateway_takes_the_snapshot_at_the_settlement_moment(tmp_pat
     )
     with Simulator(sim_config, clock) as sim:
         text = config_yaml([(m1, "A")], extra=BILLING, port=sim.bus("dl").path)
+        config = parse_config(text, "gw.yaml")
+        bench = Bench(tmp_path / "gw.db", config)
+        bench.top_up("A", 1_000_000, "t-A")  # in credit: the relays leave m1 closed
+        bench.close()
         rt = Runtime(
-            parse_config(text, "gw.yaml"),
+            config,
             store_path=tmp_path / "gw.db",
             clock=clock,
             settings=PollSettings(interval=0, max_power_w=10**9),
@@ -195,9 +199,14 @@ def test_the_running_gateway_takes_the_snapshot_at_the_settlement_moment(tmp_pat
     before = [r for r in db_rows if r[2] <= at_ms]
     assert before and a.ledger_id == max(r[0] for r in before)
     assert any(r[2] > at_ms for r in db_rows)  # charging went on after it
-    assert a.balance == sum(r[3] for r in db_rows if r[1] == "A" and r[0] <= a.ledger_id) < 0
+    assert a.balance == sum(r[3] for r in db_rows if r[1] == "A" and r[0] <= a.ledger_id)
     # m1's register is the last journaled reading at or before the moment
     last = max((r for r in readings if r[0] <= at_ms), key=lambda r: r[0])
     (snap_m1,) = a.meters
     assert snap_m1.ts_ms == last[0]
     assert snap_m1.energy_wh == cbor2.loads(last[1])[int(Quantity.ENERGY_IMPORT)]
+    # and the balance is the top-up less the energy from the first reading to that one,
+    # rounded once (flat 0.85 yuan/kWh)
+    first = cbor2.loads(min(readings, key=lambda r: r[0])[1])[int(Quantity.ENERGY_IMPORT)]
+    used = snap_m1.energy_wh - first
+    assert used > 0 and a.balance == 1_000_000 - (2 * used * FLAT + 1000) // 2000
