@@ -25,7 +25,7 @@ from gateway.config import parse_config
 from gateway.master.command import build_command, send_command
 from gateway.mosquitto import Mosquitto
 from gateway.poller import PollSettings
-from gateway.prepaid import PrepaidState
+from gateway.prepaid import PrepaidState, Thresholds
 from gateway.protocols.command import (
     ArgValue,
     Command,
@@ -397,3 +397,32 @@ def test_protect_and_relay_test_through_the_relay_controller(
         finally:
             if own:
                 relays.stop()
+
+
+def test_thresholds_reach_the_charger(
+    broker: Mosquitto, tmp_path: Path, master_key: Ed25519PrivateKey
+) -> None:
+    with gateway(tmp_path, broker, public_key_bytes(master_key), ManualClock(START)) as rt:
+        charger = rt.charger
+        assert charger is not None
+        levels = {
+            "account": "A",
+            "alarm1": 300 * YUAN,
+            "alarm2": 100 * YUAN,
+            "overdraft_limit": 5 * YUAN,
+            "close_allow": 10 * YUAN,
+            "emergency_credit": 20 * YUAN,
+        }
+        before = charger.thresholds("A")
+        wrong = send(
+            broker,
+            command(rt, master_key, CommandKind.THRESHOLDS, {**levels, "alarm2": 400 * YUAN}),
+        )
+        assert (wrong.status, wrong.reason) == (ReplyStatus.REFUSED, ReasonCode.BAD_ARGUMENTS)
+        assert "alarm 2" in wrong.text
+        assert charger.thresholds("A") == before
+        reply = send(broker, command(rt, master_key, CommandKind.THRESHOLDS, levels))
+        assert reply.status == ReplyStatus.OK, reply
+        assert charger.thresholds("A") == Thresholds(
+            **{k: v for k, v in levels.items() if k != "account"}  # type: ignore[arg-type]
+        )
