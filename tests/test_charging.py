@@ -36,9 +36,17 @@ from gateway.sim.config import parse_sim_config
 from gateway.sim.service import Simulator
 from gateway.store import Store
 from gateway.store.journal import JournalReader, Kind
-from gateway.store.ledger import LedgerReader, check_balances, sync_accounts
+from gateway.store.ledger import (
+    EntryKind,
+    Ledger,
+    LedgerReader,
+    TopUp,
+    check_balances,
+    sync_accounts,
+)
 
 PRICE = 8500  # 0.8500 yuan/kWh, flat
+FUND = 10_000_000  # 1000 yuan
 TOU_VALLEY = 2979  # slot 4 of the TOU tariff below (00:00-24:00 all valley)
 
 TARIFFS = f"""
@@ -97,6 +105,16 @@ def test_balances_fall_by_the_simulated_energy(tmp_path: Path) -> None:
     path = tmp_path / "gw.db"
     with Simulator(sim_config, clock) as sim:
         config = parse_config(config_yaml(sim.bus("dl").path, ms), "gw.yaml")
+        # A is funded before the gateway starts: a prepaid account at 0 is due to trip, and
+        # the relays would open dl1 and dl2 at once (no consumption to charge)
+        store = Store.open(path, gateway_id="gw")
+        store.writer.call(
+            lambda db: sync_accounts(db, config.accounts, opened_day=START.date(), opened_ms=0),
+            durable=True,
+        ).result(10)
+        funded = TopUp("fund", "A", EntryKind.TOP_UP, FUND, 0)
+        assert Ledger(store).top_up(funded).result(10).applied
+        store.close()
         rt = Runtime(
             config,
             store_path=path,
@@ -143,9 +161,10 @@ def test_balances_fall_by_the_simulated_energy(tmp_path: Path) -> None:
         balances = {a.id: a.balance for a in ledger.accounts()}
         entries = ledger.entries(limit=100_000)
     # each meter keeps its own rounding accumulator: its cost is rounded once in total
-    assert balances["A"] == -(half_up(used["dl1"], PRICE) + half_up(used["dl2"], PRICE))
+    assert balances["A"] == FUND - (half_up(used["dl1"], PRICE) + half_up(used["dl2"], PRICE))
     assert balances["P"] == 0 and balances["vacancy"] == 0 and balances["T"] == 0
     assert {e.account for e in entries} == {"A"}
+    assert rt.charger.state("A") == "normal"  # never tripped
     assert len({e.reference for e in entries}) == len(entries)
     db = Database(sqlite3.connect(path))
     try:
