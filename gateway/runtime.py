@@ -18,6 +18,9 @@ starts the :class:`~gateway.uplink.Uplink` (the journal's batches to the configu
 broker; status section ``uplink``), as ``gateway run`` does unless ``--no-uplink``,
 and with it the :class:`~gateway.commands.CommandService` (the master's signed commands
 from ``down/cmd``, answered on ``up/reply``; status section ``commands``).
+With charging and an account that trips on arrears, the
+:class:`~gateway.relays.RelayController` listens to the charger and drives the relays
+(``runtime.relays``; status section ``relays``).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from gateway.drivers.bus import Bus
 from gateway.drivers.registry import make_driver
 from gateway.poller import Journal, Poller, PollSettings
 from gateway.protocols.batch import HealthKind, HealthRecord
+from gateway.relays import RelayController
 from gateway.status import DEFAULT_SOCKET, StatusServer
 from gateway.store.ledger import Ledger
 from gateway.store.store import Store
@@ -88,6 +92,7 @@ class Runtime:
         self.commands: CommandService | None = None
         self.charging = charging
         self.charger: Charger | None = None
+        self.relays: RelayController | None = None
         self.store: Store | None = None
         self.writer: StoreWriter | None = None
         self.buses: dict[str, Bus] = {}
@@ -129,6 +134,17 @@ class Runtime:
                 self.charger = Charger(store.writer, self.config, now_ms=self.now_ms)
                 journal = self.charger
                 self.add_status("charging", self.charger.status)
+                if any(a.trip_on_arrears and a.type == "prepaid" for a in self.config.accounts):
+                    self.relays = RelayController(
+                        self.config,
+                        self.bus_for,
+                        store.writer,
+                        self.clock,
+                        self.charger,
+                        store.writer,
+                    )
+                    self.charger.add_listener(self.relays.on_state)
+                    self.add_status("relays", self.relays.status)
             for bus_config in self.config.serial_buses:
                 meters = self.config.meters_on(bus_config.name)
                 drivers = {m.id: make_driver(m, bus_config) for m in meters}
@@ -145,6 +161,8 @@ class Runtime:
                 self.pollers[bus_config.name] = poller
                 for m in meters:
                     self._bus_of[m.id] = bus_config.name
+            if self.relays is not None:
+                self.relays.start()  # remembered protect first; its read-backs wait for the buses
             for bus in self.buses.values():
                 bus.start()
             if self.calendar_enabled:
@@ -183,6 +201,8 @@ class Runtime:
         if self.calendar is not None:
             self.calendar.stop()  # its tick thread uses the buses
             self.calendar = None
+        if self.relays is not None:
+            self.relays.stop()  # no new relay jobs; those queued are cancelled with the buses
         for bus in self.buses.values():
             bus.stop()
         if self.uplink is not None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from polling import ListJournal, M, sim_yaml, wait_for
 
+from gateway.charging import Charger
 from gateway.clock import ManualClock
 from gateway.config import GatewayConfig, parse_config
 from gateway.poller import PollSettings
@@ -20,6 +21,8 @@ from gateway.relays import RelayController
 from gateway.runtime import Runtime
 from gateway.sim.config import parse_sim_config
 from gateway.sim.service import Simulator
+from gateway.store.journal import JournalReader
+from gateway.store.ledger import EntryKind, TopUp
 
 PRICE = 8500  # 0.85 yuan/kWh
 
@@ -31,7 +34,9 @@ def gateway_config(
     accounts: Sequence[str],
     extra: str = "",
     store: str = "gw.db",
+    tariffs: str = "",
 ) -> GatewayConfig:
+    """``accounts``: ids (prepaid, flat tariff) or whole YAML flow mappings."""
     lines = ["gateway_id: test-gw", "serial_buses:"]
     for name, protocol, baud in buses:
         lines.append(
@@ -48,11 +53,15 @@ def gateway_config(
         acc = f", account: {account}" if account else ""
         lines.append(f"  - {{id: {m.id}, bus: {m.bus}, {where}, ct_ratio: {m.ct}{acc}}}")
     lines.append("accounts:")
-    lines += [f"  - {{id: {a}, type: prepaid, tariff: flat}}" for a in accounts]
+    lines += [
+        f"  - {a}" if a.startswith("{") else f"  - {{id: {a}, type: prepaid, tariff: flat}}"
+        for a in accounts
+    ]
     lines += [
         "tariffs:",
         f"  - {{id: flat, version: 1, effective: '2024-01-01T00:00:00+08:00', kind: flat,"
         f" price: {PRICE}}}",
+        *tariffs.splitlines(),
         "uplink: {host: localhost}",
         f"store: {{path: '{store}'}}",
     ]
@@ -172,3 +181,97 @@ def relay_bench(
                 yield RelayBench(sim, manual, config, runtime, relays, charger, events)
             finally:
                 relays.stop()
+
+
+@dataclass
+class ChargedBench:
+    """A simulator and a gateway runtime with charging and relays wired (as ``gateway run``)."""
+
+    sim: Simulator
+    clock: ManualClock
+    config: GatewayConfig
+    runtime: Runtime
+    store: Path
+
+    @property
+    def relays(self) -> RelayController:
+        assert self.runtime.relays is not None
+        return self.runtime.relays
+
+    @property
+    def charger(self) -> Charger:
+        assert self.runtime.charger is not None
+        return self.runtime.charger
+
+    def relay_closed(self, meter: str) -> bool:
+        closed = self.sim.truth(meter)["meters"][meter]["relay_closed"]
+        assert isinstance(closed, bool)
+        return closed
+
+    def energy(self, meter: str) -> int:
+        wh = self.sim.truth(meter)["meters"][meter]["energy_import_wh"]
+        assert isinstance(wh, int)
+        return wh
+
+    def events(self, code: int, meter: str | None = None) -> list[MeterEvent]:
+        with JournalReader(self.store) as reader:
+            found = [e for _, e in reader.events(limit=100_000)]
+        return [e for e in found if e.code == code and meter in (None, e.meter)]
+
+    def wait_event(self, code: int, meter: str | None = None, count: int = 1) -> MeterEvent:
+        wait_for(lambda: len(self.events(code, meter)) >= count, 20, f"event {code} {meter}")
+        return self.events(code, meter)[count - 1]
+
+    def polled_after(self, ts_ms: int) -> None:
+        """Wait until every meter's energy was read at or after ``ts_ms`` (calendar)."""
+        pollers = self.runtime.pollers.values()
+
+        def done() -> bool:
+            return all((s.energy_ts_ms or -1) >= ts_ms for p in pollers for s in p.meters.values())
+
+        wait_for(done, 20, "every meter polled")
+        assert self.runtime.charger is not None
+        self.runtime.charger.wait_idle(10)
+
+    def step(self, seconds: float) -> None:
+        """Move the calendar on and wait until every meter was read at the new time."""
+        self.clock.advance(seconds)
+        self.polled_after(int(self.clock.now().timestamp() * 1000))
+
+    def top_up(self, account: str, amount: int, ref: str) -> None:
+        ts_ms = int(self.clock.now().timestamp() * 1000)
+        result = self.charger.top_up(TopUp(ref, account, EntryKind.TOP_UP, amount, ts_ms))
+        assert result.result(10).applied
+
+
+@contextmanager
+def charged_bench(
+    tmp: Path,
+    buses: Sequence[tuple[str, str, int]],
+    ms: Sequence[tuple[M, str | None]],
+    accounts: Sequence[str],
+    extra: str = "",
+    clock: ManualClock | None = None,
+    tariffs: str = "",
+) -> Iterator[ChargedBench]:
+    """Simulator + runtime with charging and relays, polling as fast as the lines allow."""
+    from polling import START
+
+    manual = clock or ManualClock(START)
+    sim_config = parse_sim_config(sim_yaml(buses, [m for m, _ in ms]), "s.yaml", link_dir=str(tmp))
+    store = tmp / "gw.db"
+    with Simulator(sim_config, manual) as sim:
+        config = gateway_config(sim, buses, ms, accounts, extra, str(store), tariffs)
+        runtime = Runtime(
+            config,
+            store_path=store,
+            clock=manual,
+            settings=PollSettings(interval=0, max_power_w=10**9),
+            status_socket=None,
+            reopen_max=0.2,
+            charging=True,
+        )
+        with runtime:
+            bench = ChargedBench(sim, manual, config, runtime, store)
+            bench.polled_after(int(manual.now().timestamp() * 1000))  # the baselines
+            yield bench

@@ -36,6 +36,7 @@ least 5 s) and closed if the balance is then above the close-allow level.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import logging
@@ -621,7 +622,7 @@ class RelayController:
                 # tripped it may not have reached the disk before a kill (its energy is
                 # charged again by the next poll), or someone else opened it.  Look again
                 # once the meters have been polled.
-                self._later(self._recheck_s, lambda a=account, o=opened: self._recheck(a, o))
+                self._later(self._recheck_s, functools.partial(self._recheck, account, opened))
         _logger.info("relays: reconciled %d accounts with their meters", len(self._trips))
 
     def _recheck(self, account: str, meters: tuple[str, ...]) -> None:
