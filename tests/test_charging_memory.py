@@ -9,12 +9,15 @@ ledger insert fail until it is dropped."""
 from __future__ import annotations
 
 import sqlite3
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import cbor2
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from polling import START, wait_for
 
 from gateway.charging import Charger
@@ -291,3 +294,54 @@ def test_thresholds_set_by_command_are_kept_and_re_evaluate(tmp_path: Path) -> N
         again.close()
     finally:
         store.close()
+
+
+# --- property: memory and disk agree, and a restart resumes the same ---------------------
+
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("read"), st.sampled_from(["m1", "m2", "p1"]), st.integers(0, 3_000)),
+        st.tuples(st.just("top_up"), st.sampled_from(["A", "P"]), st.integers(1, 60_000)),
+        st.tuples(st.just("closed"), st.just("A"), st.just(0)),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=OPS)
+def test_memory_equals_disk_and_a_restart_resumes_it(ops: list[tuple[str, str, int]]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        bench = Bench(Path(tmp) / "gw.db")
+        c = bench.charger
+        energy = {"m1": 0, "m2": 0, "p1": 0}
+        try:
+            for m in energy:
+                c.submit(reading(m, 0, 0))
+            for i, (op, who, n) in enumerate(ops, 1):
+                if op == "read":
+                    energy[who] += n
+                    c.submit(reading(who, i * 60, energy[who]))
+                elif op == "top_up":
+                    c.top_up(TopUp(f"t{i}", who, EntryKind.TOP_UP, n, T0 + i)).result(10)
+                else:
+                    c.relay_closed(who)
+            assert c.wait_idle(10) and c.lost == 0
+            c.writer.flush(10)
+            # every Wh charged once, at 1 yuan/kWh: 10 per Wh, exact
+            assert c.balance("A") == bench.disk_balance("A")
+            assert c.balance("P") == bench.disk_balance("P")
+            tops = {a: sum(n for op, w, n in ops if op == "top_up" and w == a) for a in "AP"}
+            assert c.balance("A") == tops["A"] - 10 * (energy["m1"] + energy["m2"])
+            assert c.balance("P") == tops["P"] - 10 * energy["p1"]
+            memory = {a: (c.balance(a), c.state(a)) for a in ("A", "P", "vacancy")}
+        finally:
+            c.close()
+            bench.store.close()
+        store = Store.open(bench.path, gateway_id="gw", max_delay=0.01)
+        try:
+            again = Charger(store.writer, bench.config)
+            assert {a: (again.balance(a), again.state(a)) for a in memory} == memory
+            again.close()
+        finally:
+            store.close()
