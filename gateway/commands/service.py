@@ -153,7 +153,15 @@ class CommandService:
         )
         if isinstance(checked, CommandReply):
             return self._count(None, checked)
-        cmd = checked
+        try:
+            return self._carry_out(checked)
+        except Exception as exc:  # the store failed (or a bug): say so, with the id
+            _log.error("commands: %s failed: %s", _name(checked), exc, exc_info=True)
+            return self._count(checked, _failed(checked, exc))
+
+    def _carry_out(self, cmd: Command) -> CommandReply:
+        """Checks 6 and 7, then the handler; the reply, recorded unless refused before it."""
+        rt = self.runtime
         writer = rt.writer
         if writer is None:
             return self._count(cmd, _internal(cmd, "the store is not open"))
