@@ -301,6 +301,10 @@ def test_missing_components_and_unsupported_kinds_fail_plainly(
         bad = send(broker, command(rt, master_key, CommandKind.TOP_UP, {"account": "A"}))
         assert (bad.status, bad.reason) == (ReplyStatus.REFUSED, ReasonCode.BAD_ARGUMENTS)
         assert "amount" in bad.text
+        no_id = {"account": "A", "amount": YUAN}  # a re-sent payment must not pay twice
+        bad = send(broker, command(rt, master_key, CommandKind.TOP_UP, no_id))
+        assert (bad.status, bad.reason) == (ReplyStatus.REFUSED, ReasonCode.BAD_ARGUMENTS)
+        assert "top_up_id" in bad.text
         unknown = send(broker, command(rt, master_key, 99, {}))  # type: ignore[arg-type]
         assert (unknown.status, unknown.reason) == (ReplyStatus.REFUSED, ReasonCode.UNKNOWN_KIND)
         backfill = send(broker, command(rt, master_key, CommandKind.BACK_FILL, {}))
@@ -308,7 +312,7 @@ def test_missing_components_and_unsupported_kinds_fail_plainly(
         assert "collection tasks are not running" in backfill.text
         balance, entries, kept = state(rt)
         assert (balance, entries) == before[:2]
-        assert kept == before[2] + 5  # each id is spent: a repeat cannot try again
+        assert kept == before[2] + 6  # each id is spent: a repeat cannot try again
         assert rt.commands is not None and rt.commands.alive()
         assert send(broker, protect).reason == ReasonCode.REPLAYED
 

@@ -11,8 +11,9 @@ never a crash.
 
 Arguments, per kind (all money in 0.0001 yuan, integers):
 
-- ``TOP_UP``: ``account`` (text), ``amount`` (int), ``top_up_id`` (text; default
-  ``cmd-<command id hex>``; ``topup_id`` is taken too), optional ``entry`` (``top_up``
+- ``TOP_UP``: ``account`` (text), ``amount`` (int), ``top_up_id`` (text, required: the
+  master's own id of the payment, so that a command re-sent with a new command id
+  cannot pay twice; ``topup_id`` is taken too), optional ``entry`` (``top_up``
   | ``compensation`` | ``reduction`` | ``reversal``), ``reason``, ``operator``,
   ``reverses`` (the reversed top-up's id).  Applied once by its top-up id.
 - ``THRESHOLDS``: ``account`` (text, or null/absent: the default of every account),
@@ -156,9 +157,7 @@ def top_up(rt: Runtime, cmd: Command) -> Outcome:
     kind = _ENTRY_KINDS[entry_name]
     amount: int = _arg(cmd, "amount", int, default=0 if kind == EntryKind.REVERSAL else ...)
     request = TopUp(
-        id=_arg(
-            cmd, "top_up_id", str, default=f"cmd-{cmd.command_id.hex()}", aliases=("topup_id",)
-        ),
+        id=_arg(cmd, "top_up_id", str, aliases=("topup_id",)),
         account=account,
         kind=kind,
         amount=amount,
