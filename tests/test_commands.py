@@ -11,7 +11,9 @@ from __future__ import annotations
 import base64
 import dataclasses
 import sqlite3
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -430,3 +432,20 @@ def test_thresholds_reach_the_charger(
         assert charger.thresholds("A") == Thresholds(
             **{k: v for k, v in levels.items() if k != "account"}  # type: ignore[arg-type]
         )
+
+
+def test_a_command_sent_while_the_gateway_is_away_is_applied_when_it_is_back(
+    broker: Mosquitto, tmp_path: Path, master_key: Ed25519PrivateKey
+) -> None:
+    clock = ManualClock(START)
+    key = public_key_bytes(master_key)
+    with gateway(tmp_path, broker, key, clock) as rt:
+        before = state(rt)  # the gateway's session (and its down/cmd subscription) exists
+        cmd = command(rt, master_key, CommandKind.TOP_UP, top_up(9 * YUAN, "T-8"))
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(send_command, broker.host, broker.port, "gw", cmd, timeout=60)
+        time.sleep(1.0)  # the command waits at the broker, in the gateway's session
+        with gateway(tmp_path, broker, key, clock) as rt:
+            reply = waiting.result(60)
+            assert reply is not None and reply.status == ReplyStatus.OK, reply
+            assert state(rt) == ((before[0] or 0) + 9 * YUAN, before[1] + 1, before[2] + 1)
