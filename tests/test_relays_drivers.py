@@ -41,7 +41,7 @@ def test_relay_jobs_trip_close_and_read_back(tmp_path: Path) -> None:
         }
         try:
             dl, mb = buses["dl"], buses["mb"]
-            valid = clock.local() + timedelta(minutes=5)
+            valid = clock.local() + timedelta(minutes=5, microseconds=123_456)  # cut to seconds
 
             def dl_open() -> bool | None:
                 return dlt645.relay_position(dl.submit(dlt645.relay_readback("d1")).result(10))

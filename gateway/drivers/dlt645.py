@@ -231,7 +231,8 @@ def relay_command(
     ``valid_until`` is the meter's local wall time (naive) after which it refuses the
     command; password level 02 and password 000000 (the factory setting; a secure
     meter, level 98, needs the master's ciphertext and is not driven from here)."""
-    return WriteJob(meter_id, RelayControl(address, action, valid_until.replace(tzinfo=None)))
+    deadline = valid_until.replace(tzinfo=None, microsecond=0)  # the frame holds whole seconds
+    return WriteJob(meter_id, RelayControl(address, action, deadline))
 
 
 def relay_readback(meter_id: str) -> ReadJob:
