@@ -345,3 +345,46 @@ def test_memory_equals_disk_and_a_restart_resumes_it(ops: list[tuple[str, str, i
             again.close()
         finally:
             store.close()
+
+
+def test_reload_while_buses_charge_and_listeners_call_back(bench: Bench) -> None:
+    c = bench.charger
+    calls: list[str] = []
+
+    def listener(change: StateChange, meters: tuple[str, ...]) -> None:
+        # a listener may read the charger and report a relay closed from inside
+        calls.append(f"{change.account}:{change.new}:{c.balance(change.account)}")
+        if change.new == PrepaidState.MAY_CLOSE:
+            c.relay_closed(change.account)
+
+    c.add_listener(listener)
+    for m in ("m1", "m2", "p1"):
+        c.submit(reading(m, 0, 0))
+    stop = threading.Event()
+
+    def feed(meter: str) -> None:
+        for i in range(1, 201):
+            c.submit(reading(meter, i, 5 * i))
+
+    def reloader() -> None:
+        while not stop.is_set():
+            c.reload()
+
+    threads = [threading.Thread(target=feed, args=(m,)) for m in ("m1", "m2", "p1")]
+    spinner = threading.Thread(target=reloader)
+    spinner.start()
+    for t in threads:
+        t.start()
+    for i in range(20):  # the first lifts A above close-allow (2 yuan) whatever was used
+        amount = 100_000 if i == 0 else 1_000
+        c.top_up(TopUp(f"t{i}", "A", EntryKind.TOP_UP, amount, T0 + i)).result(10)
+    for t in threads:
+        t.join()
+    stop.set()
+    spinner.join()
+    assert c.wait_idle(10) and c.lost == 0 and c.reloads > 1
+    # m1, m2: 1000 Wh each -> 10000 each; top-ups 100000 + 19 x 1000
+    assert c.balance("A") == bench.disk_balance("A") == 119_000 - 20_000
+    assert c.balance("P") == bench.disk_balance("P") == -10_000
+    assert any(call.startswith("A:may_close") for call in calls)
+    assert c.state("A") == PrepaidState.ALARM1  # closed from inside the listener; <= 10 yuan

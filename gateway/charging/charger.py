@@ -464,7 +464,15 @@ class Charger:
         buses = {b.name: b for b in config.serial_buses}
         default = snap.thresholds.get("", Thresholds.from_config(config.billing.thresholds))
         self.default_thresholds = default
-        self.tracker = StateTracker(default)
+        # The states are the store's at start; later the tracker in memory is the truth
+        # (a state change is written after it is made: the store may not have it yet).
+        first = self.reloads == 0
+        if first:
+            self.tracker = StateTracker(default)
+        self.tracker.thresholds = default
+        known = {a for a, *_ in snap.accounts}
+        for gone in set(self._accounts) - known:
+            self.tracker.forget(gone)
         self._accounts = {}
         for ident, kind, trip, balance in snap.accounts:
             acc = accounts.get(ident)
@@ -475,7 +483,7 @@ class Charger:
                 ident, kind, trip, balance, snap.years.get(ident, AccountYear()), own
             )
             state = snap.prepaid.get(ident)
-            if state is not None:
+            if state is not None and first:
                 self.tracker.restore(ident, *state)
         billing: dict[str, Billing] = {}
         meters_of: dict[str, list[str]] = {}
