@@ -156,6 +156,15 @@ def test_tier_boundary_inside_one_interval(engine: ModuleType) -> None:
     ]
 
 
+def test_prorated_thresholds_for_another_tier_count_give_way(engine: ModuleType) -> None:
+    # thresholds prorated for three tiers, on a version with two: the version's own apply
+    # (an IndexError before).  From 2_759_400 Wh, 1000 Wh: as in the case above, 5483.
+    t0 = at(2026, 8, 1, 10)
+    st = state("res", year_wh=2_759_400, thresholds=(1, 2, 3))
+    r = rate(st, Interval(t0, t0 + timedelta(minutes=10), 1000), BOOK, engine=engine)
+    assert summary(r.lines) == [("res", 1, "tier:1", 600, 3170), ("res", 1, "tier:2", 400, 2313)]
+
+
 def test_tariff_change_inside_an_interval(engine: ModuleType) -> None:
     # 2026-06-30 23:00 -> 07-01 01:00, 2000 Wh; version 2 takes effect at 07-01 00:00.
     # v1: 1000 Wh x 6128 / 1000 = 6128; v2: 1000 Wh x 6500 / 1000 = 6500

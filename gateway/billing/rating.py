@@ -75,7 +75,9 @@ class MeterState:
     account_id: str
     tariff_id: str
     year_wh: int = 0  #: the ACCOUNT's billing-year consumption so far (all its meters), Wh
-    thresholds: tuple[int, ...] | None = None  #: prorated tier thresholds; None: the tariff's
+    #: prorated tier thresholds; None: the tariff's (also for a tiered version with another
+    #: number of tiers than they were prorated for)
+    thresholds: tuple[int, ...] | None = None
     #: when the tier total resets (the yearly settlement date).  An interval crossing it
     #: is split there; after it the total restarts at 0, the thresholds are the tariff's
     #: and this is None until the caller sets the next one.
@@ -276,7 +278,9 @@ def _tier_parts(
         elif isinstance(tariff, FlatTariff):
             parts.append((piece, "flat", piece.t0, piece.t1, energy))
         else:
-            thresholds = prorated if prorated is not None else tariff.thresholds
+            thresholds = tariff.thresholds
+            if prorated is not None and len(prorated) == len(thresholds):
+                thresholds = prorated  # prorated for another tier count: the version's own
             parts.extend(_tier_split(piece, energy, year, thresholds))
         year += energy
     return parts, year, reset
