@@ -51,6 +51,7 @@ from sqlite_utils import Database
 
 from gateway.billing import BillingYear, Running, SegmentKey, TariffBook
 from gateway.charging import Billing, Charged, load_state, post_reading, save_state
+from gateway.config.model import GatewayConfig
 from gateway.errors import LifecycleRefused
 from gateway.protocols.batch import LedgerEntry, MeterEvent
 from gateway.protocols.quantities import (
@@ -60,13 +61,21 @@ from gateway.protocols.quantities import (
     Quantity,
     Reading,
 )
-from gateway.store.ledger import EntryKind, TopUp, apply_top_up, balance_of, journal_with_charges
+from gateway.store.ledger import (
+    VACANCY,
+    EntryKind,
+    TopUp,
+    apply_top_up,
+    balance_of,
+    journal_with_charges,
+)
 from gateway.store.meters import MeterRecord, chargeable, record_of, set_record
 
 __all__ = [
     "DeadMeterResult",
     "RemovalResult",
     "ReplacementResult",
+    "billing_of",
     "change_ct",
     "confirm_meter",
     "remove_meter",
@@ -210,6 +219,34 @@ def _merge(
         have = out.get(key, Running())
         out[key] = Running(have.energy_wh + run.energy_wh, have.posted + run.posted)
     return out
+
+
+def billing_of(config: GatewayConfig, meter: str, record: MeterRecord | None) -> Billing | None:
+    """How ``meter`` is billed whatever its standing (the Charger leaves held, removed and
+    replaced meters out of ``Charger.billing``): as configured, with the recorded account
+    and ratio; a meter with no account is the vacancy account's at
+    ``billing.vacancy_tariff``.  None: not billed (no tariff)."""
+    m = next((x for x in config.meters if x.id == meter), None)
+    if m is None and record is None:
+        return None
+    account_id = record.account if record is not None else m.account if m is not None else None
+    ratio = record.ratio if record is not None else m.ratio if m is not None else 1
+    account = next((a for a in config.accounts if a.id == account_id), None)
+    tariff = account.tariff if account is not None else None
+    if account_id is None:
+        account_id, tariff = VACANCY, config.billing.vacancy_tariff
+    if tariff is None:
+        return None
+    bus = next((b for b in config.serial_buses if m is not None and b.name == m.bus), None)
+    return Billing(
+        meter,
+        account_id,
+        tariff,
+        account is not None and account.type == "unbilled",
+        bus is not None and bus.protocol == "dlt645",
+        ratio,
+        account.opened if account is not None else None,
+    )
 
 
 # --- removal ------------------------------------------------------------------------------

@@ -15,11 +15,13 @@ from lifecycle_bench import Bench, config_yaml, ms, reading
 from polling import START
 from sqlite_utils import Database
 
+from gateway.charging import load_state
 from gateway.cli import main
 from gateway.errors import LifecycleRefused, StoreError
 from gateway.lifecycle import (
     DeadMeterResult,
     RemovalResult,
+    billing_of,
     change_ct,
     confirm_meter,
     remove_meter,
@@ -297,3 +299,45 @@ def test_a_new_meter_at_the_same_position_keeps_its_id(bench: Bench) -> None:
     assert bench.run(lambda db: record_of(db, "m1")) == MeterRecord(
         "m1", "A", "active", 1, ms(130), reason="meter swapped at shop A101"
     )
+
+
+def test_billing_of_matches_the_charger_and_keeps_held_meters(bench: Bench) -> None:
+    for meter, billing in bench.charger.billing.items():
+        assert billing_of(bench.config, meter, None) == billing
+    held = MeterRecord("c1", "A", "held", 10, ms(0))
+    assert billing_of(bench.config, "c1", held) == bench.billing("c1", ratio=10)
+    assert billing_of(bench.config, "nowhere", None) is None
+
+
+def test_cli_ct_change_and_dead_meter(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path, cfg = tmp_path / "gw.db", tmp_path / "gw.yaml"
+    cfg.write_text(config_yaml())
+    bench = Bench(path)
+    bench.post("c1", 0, 24_691_200)  # 1234.56 kWh x 20 (100/5 A)
+    bench.post("d1", 0, 50_000)
+    bench.close()
+    at = (START + timedelta(hours=1)).isoformat()
+    common = ["--config", str(cfg), "--store", str(path), "--at", at, "--json"]
+    ct = ["meter", "ct", *common, "c1", "--final-kwh", "1240", "--new-ct", "50/5"]
+    assert main([*ct, "--reason", "CT 100/5 -> 50/5"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    # (1240.00 - 1234.56) kWh x 20 = 108.8 kWh x 0.85 = 924_800; baseline 1240 kWh x 10
+    assert (out["charged"], out["new"], out["carried"]) == (924_800, "c1", 1)
+    dead = ["meter", "dead", *common, "d1", "--estimate-kwh", "12.5", "--approved-by", "Li"]
+    assert main([*dead, "--reason", "display dead"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["energy_wh"], out["estimated"], out["charged"]) == (12_500, True, 106_250)
+    assert (
+        main(["meter", "ct", *common, "c1", "--final-kwh", "1", "--new-ct", "7/5", "--reason", "x"])
+        == 2
+    )
+    assert "not a whole ratio" in capsys.readouterr().err
+    reader = Bench(path)
+    try:
+        assert reader.run(lambda db: record_of(db, "c1")).ratio == 10  # type: ignore[union-attr]
+        state = reader.run(lambda db: load_state(db, "c1"))
+        assert state is not None and state.last_energy_wh == 12_400_000
+        assert reader.balance("A") == -(924_800 + 106_250)
+        assert reader.run(check_balances) == []
+    finally:
+        reader.close()

@@ -177,9 +177,7 @@ def _act(args: argparse.Namespace, config: Any, store: Any, charger: Any) -> Any
     ts_ms = _at(getattr(args, "at", None))
     book, calendar = charger.book, charger.calendar
     record = store.writer.call(lambda db: record_of(db, meter)).result(60)
-    billing = charger.billing.get(meter)
-    if billing is None and action != "confirm":
-        billing = _recorded_billing(config, record, meter)
+    billing = charger.billing.get(meter) or lifecycle.billing_of(config, meter, record)
 
     def reading(of: str, wh: int) -> Reading:
         return Reading(of, ts_ms, {Quantity.ENERGY_IMPORT: wh})
@@ -283,28 +281,4 @@ def _act(args: argparse.Namespace, config: Any, store: Any, charger: Any) -> Any
             ts_ms=ts_ms,
             calendar=calendar,
         )
-    )
-
-
-def _recorded_billing(config: Any, record: Any, meter: str) -> Any:
-    """The billing of a meter the charger leaves out because the store records it held,
-    removed or replaced: as configured, with the recorded account and ratio (the
-    lifecycle then says what it may still do)."""
-    from gateway.charging import Billing
-
-    if record is None:
-        return None
-    m = next((x for x in config.meters if x.id == meter), None)
-    account = next((a for a in config.accounts if a.id == record.account), None)
-    if m is None or account is None or account.tariff is None:
-        return None
-    bus = next((b for b in config.serial_buses if b.name == m.bus), None)
-    return Billing(
-        meter,
-        account.id,
-        account.tariff,
-        account.type == "unbilled",
-        bus is not None and bus.protocol == "dlt645",
-        record.ratio,
-        account.opened,
     )
