@@ -6,6 +6,9 @@ Database (``writer.call(lambda db: remove_meter(db, ...), durable=True)``): the 
 reading, its charges, a refund, the new baseline, the meter records
 (:mod:`gateway.store.meters`), the event and the operation's log row are committed
 together or not at all.  After any of them the caller calls ``runtime.charger.reload()``.
+In a running gateway a reading of the meter rated in memory between the transaction and
+that reload would still be charged on the old state: poll the meter no more meanwhile
+(or hold the charger's lock across both).
 
 - :func:`remove_meter`: the final reading is rated and charged
   (:func:`gateway.charging.post_reading`), the meter is recorded *removed* (never charged
@@ -394,7 +397,11 @@ def replace_meter(
     new_state = load_state(db, new)
     totals = _merge(dict(new_state.totals) if new_state is not None else {}, carried)
     position, _ = journal_with_charges(db, new_initial, ())
-    save_state(db, new, new_initial.ts_ms, initial_wh, totals)
+    if new_state is not None and new_state.last_ts_ms > new_initial.ts_ms:
+        # the new meter was polled (and charged) since: its newer reading stays the baseline
+        save_state(db, new, new_state.last_ts_ms, new_state.last_energy_wh, totals, new_state.slots)
+    else:
+        save_state(db, new, new_initial.ts_ms, initial_wh, totals)
     if old_state is not None:  # its accumulators moved: counted once, on the new meter
         save_state(db, old, old_state.last_ts_ms, old_state.last_energy_wh, {})
     set_record(
@@ -464,6 +471,8 @@ def change_ct(
     if initial_at_new_ratio.meter != meter:
         raise LifecycleRefused(f"a reading of {initial_at_new_ratio.meter} given for {meter}")
     initial_wh = _energy(initial_at_new_ratio, "the initial reading")
+    if initial_at_new_ratio.ts_ms < final_at_old_ratio.ts_ms:
+        raise LifecycleRefused("the initial reading is dated before the final one")
     _open_record(db, meter, billing)
     ref = _begin(db, "ct", meter, ts_ms, reference)
     done = _final(db, final_at_old_ratio, billing, book, engine, calendar)

@@ -341,3 +341,30 @@ def test_cli_ct_change_and_dead_meter(tmp_path: Path, capsys: pytest.CaptureFixt
         assert reader.run(check_balances) == []
     finally:
         reader.close()
+
+
+def test_a_replacement_already_polled_is_not_charged_twice(bench: Bench) -> None:
+    # the configuration billed m2 (the new meter) before the work order was entered: its
+    # newer reading stays the baseline; m1's accumulator is added to m2's
+    bench.post("m1", 0, 0)
+    assert bench.post("m1", 60, 1_001) == 8_509  # 8508.5 -> 8509
+    bench.post("m2", 100, 5_000)
+    assert bench.post("m2", 200, 6_000) == 8_500  # m2's own: 1000 Wh -> 8500
+    done = bench.run(
+        lambda db: replace_meter(
+            db,
+            "m1",
+            reading("m1", 90, 1_001),
+            "m2",
+            reading("m2", 100, 5_000),  # entered late: dated before m2's last reading
+            billing=bench.billing("m1"),
+            book=bench.book,
+            reason="paperwork late",
+            ts_ms=ms(300),
+        )
+    )
+    assert done.charged == 0
+    # +1 kWh on m2 from 6_000: accumulators summed (2001 Wh, 17_009 posted):
+    # 3001 Wh x 8500 / 1000 = 25_508.5 -> 25_509; - 17_009 = 8_500
+    assert bench.post("m2", 400, 7_000) == 8_500
+    assert bench.balance("A") == -(8_509 + 8_500 + 8_500)
