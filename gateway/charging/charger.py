@@ -150,12 +150,21 @@ class Charger:
             return
         with self._lock:
             billing = self.billing.get(record.meter)
-            if billing is None:  # reloaded meanwhile
-                self.writer.submit(record)
-                return
-            job = self._rate(record, billing)
-            with self._idle:
-                self._inflight += 1
+            job = None
+            if billing is not None:  # (None: reloaded meanwhile)
+                try:
+                    job = self._rate(record, billing)
+                except Exception as exc:  # a bug must not stop the bus: stored, not rated
+                    _logger.error(
+                        "charging: %s at %d not rated: %r", record.meter, record.ts_ms, exc
+                    )
+                    self.failed += 1
+            if job is not None:
+                with self._idle:
+                    self._inflight += 1
+        if job is None:
+            self.writer.submit(record)
+            return
         self._deliver()
         self._queue(job)
 
@@ -245,8 +254,8 @@ class Charger:
                     for fn in list(self._listeners):
                         try:
                             fn(change, meters)
-                        except Exception:
-                            _logger.exception("prepaid listener %r failed", fn)
+                        except Exception as exc:
+                            _logger.error("prepaid listener %r failed: %r", fn, exc)
             finally:
                 self._delivering.release()
 
