@@ -368,3 +368,26 @@ def test_a_replacement_already_polled_is_not_charged_twice(bench: Bench) -> None
     # 3001 Wh x 8500 / 1000 = 25_508.5 -> 25_509; - 17_009 = 8_500
     assert bench.post("m2", 400, 7_000) == 8_500
     assert bench.balance("A") == -(8_509 + 8_500 + 8_500)
+
+
+def test_the_charger_holds_and_resumes_with_the_records(bench: Bench) -> None:
+    # the same through the running Charger: held meters are journaled, not charged; after
+    # the confirmation and a reload it charges from where the new meter showed up
+    charger = bench.charger
+
+    def submit(seconds: int, wh: int, flags: int = 0) -> None:
+        charger.submit(reading("m1", seconds, wh, flags))
+        assert charger.wait_idle(10)
+
+    submit(0, 500_000)
+    submit(60, 501_000)
+    assert charger.balance("A") == -8_500
+    bench.run(lambda db: hold(db, "m1", account="A", ratio=1, ts_ms=ms(90), why="number"))
+    charger.reload()
+    submit(120, 7_000, FLAG_DISCONTINUITY)
+    submit(180, 9_000)
+    assert charger.balance("A") == -8_500 == bench.balance("A")
+    bench.run(lambda db: confirm_meter(db, "m1", approved_by="tech-7", reason="ok", ts_ms=ms(200)))
+    charger.reload()
+    submit(240, 10_000)  # 3 kWh since the new meter's first reading: 25_500
+    assert charger.balance("A") == -34_000 == bench.balance("A")
