@@ -27,7 +27,7 @@ from gateway.store.ledger import EntryKind, TopUp
 PRICE = 8500  # 0.85 yuan/kWh
 
 
-def gateway_config(
+def gateway_text(
     sim: Simulator,
     buses: Sequence[tuple[str, str, int]],
     ms: Sequence[tuple[M, str | None]],
@@ -35,7 +35,7 @@ def gateway_config(
     extra: str = "",
     store: str = "gw.db",
     tariffs: str = "",
-) -> GatewayConfig:
+) -> str:
     """``accounts``: ids (prepaid, flat tariff) or whole YAML flow mappings."""
     lines = ["gateway_id: test-gw", "serial_buses:"]
     for name, protocol, baud in buses:
@@ -65,7 +65,20 @@ def gateway_config(
         "uplink: {host: localhost}",
         f"store: {{path: '{store}'}}",
     ]
-    return parse_config("\n".join(lines) + "\n" + extra, "gw.yaml")
+    return "\n".join(lines) + "\n" + extra
+
+
+def gateway_config(
+    sim: Simulator,
+    buses: Sequence[tuple[str, str, int]],
+    ms: Sequence[tuple[M, str | None]],
+    accounts: Sequence[str],
+    extra: str = "",
+    store: str = "gw.db",
+    tariffs: str = "",
+) -> GatewayConfig:
+    """The configuration of :func:`gateway_text`, parsed."""
+    return parse_config(gateway_text(sim, buses, ms, accounts, extra, store, tariffs), "gw.yaml")
 
 
 class StandInCharger:
