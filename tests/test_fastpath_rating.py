@@ -11,8 +11,8 @@ amount = round_half_up(Wh x price / 1000)); Asia/Shanghai is UTC+8.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, time, timedelta
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
 from types import MappingProxyType, ModuleType
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -22,20 +22,19 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from gateway.billing import (
+    BillingYear,
     ChargeLine,
     DayCalendar,
-    Interval,
-    MeterState,
     Running,
-    SegmentKey,
     TariffBook,
     TouSeason,
-    rate,
 )
+from gateway.charging import AccountYear, Billing, RatingRow, rate_reading
 from gateway.config.model import AccountType, FlatTariff, Tariff, TieredTariff, TouSlot, TouTariff
 from gateway.fastpath import _engine_py, layout
 from gateway.fastpath.batch import BatchRater, BatchResult
 from gateway.fastpath.tables import to_us
+from gateway.poller import REGISTER_RANGE_WH
 from gateway.prepaid import PrepaidState, StateChange, Thresholds, evaluate
 from gateway.protocols.quantities import (
     FLAG_DISCONTINUITY,
@@ -90,33 +89,26 @@ def reading(meter: str, when: datetime | int, energy: int | None, flags: int = 0
 
 
 @dataclass
-class _Meter:
-    account: str
-    tariff: str | None
-    rollover: int
-    last: tuple[int, int, list[int | None]] | None = None
-    totals: dict[SegmentKey, Running] = field(default_factory=dict)
-
-
-@dataclass
 class _Account:
     type: AccountType
     levels: Thresholds
     trip: bool
     balance: int
-    year: int = 0
-    prorated: tuple[int, ...] | None = None
-    year_end: datetime | None = None
+    year: AccountYear
+    opened: date | None
     tripped: bool = False
     state: PrepaidState = PrepaidState.NORMAL
 
 
 class Oracle:
-    """The Charger's rules, one reading at a time, with gateway.billing.rate."""
+    """The Charger's per-reading function (gateway.charging.rate_reading, which rates
+    with gateway.billing.rate) and its balance and state rule, one reading at a time."""
 
-    def __init__(self, book: TariffBook) -> None:
+    def __init__(self, book: TariffBook, calendar: BillingYear) -> None:
         self.book = book
-        self.meters: dict[str, _Meter] = {}
+        self.calendar = calendar
+        self.billing: dict[str, Billing | None] = {}
+        self.rows: dict[str, RatingRow] = {}
         self.accounts: dict[str, _Account] = {}
 
     def add_account(self, name: str, **kw: Any) -> None:
@@ -141,65 +133,28 @@ class Oracle:
         old, acc.state = acc.state, new
         return None if new == old else StateChange(name, ts, old, new, balance)
 
-    def post(
-        self, r: Reading
-    ) -> tuple[str, tuple[ChargeLine, ...], int | None, StateChange | None]:
-        m = self.meters[r.meter]
-        acc = self.accounts[m.account]
-        if m.tariff is None:
+    def post(self, r: Reading) -> tuple[str, tuple[ChargeLine, ...], int | None, Any]:
+        billing = self.billing[r.meter]
+        if billing is None:
             return "not_charged", (), None, None
-        energy = r.values.get(Quantity.ENERGY_IMPORT)
-        if energy is None:
-            return "no_energy", (), acc.balance, None
-        regs = [r.values.get(q) for q in REGISTERS]
-        if m.last is None or r.flags & FLAG_DISCONTINUITY:
-            m.last = (r.ts_ms, energy, regs)
-            return "baseline", (), acc.balance, None
-        last_ts, last_e, last_regs = m.last
-        delta = energy - last_e
-        if delta < 0 and r.flags & FLAG_ROLLOVER and m.rollover:
-            delta += m.rollover
-        if delta < 0:
-            m.last = (r.ts_ms, energy, regs)
-            return "baseline", (), acc.balance, None
-        t0 = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=last_ts)
-        t1 = max(t0, datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=r.ts_ms))
-        if r.flags & FLAG_TIME_UNTRUSTED and any(
-            isinstance(v, TouTariff) for v in self.book.versions(m.tariff)
-        ):
-            return "deferred", (), acc.balance, None
-        slot_wh: dict[int, int] | None = {}
-        for j, (cur, prev) in enumerate(zip(regs, last_regs, strict=True)):
-            if cur is not None and prev is not None and slot_wh is not None:
-                slot_wh[j + 1] = cur - prev
-                if cur < prev:
-                    slot_wh = None
-        state = MeterState(
-            r.meter,
-            m.account,
-            m.tariff,
-            year_wh=acc.year,
-            thresholds=acc.prorated,
-            year_end=acc.year_end,
-            totals=m.totals,
-        )
+        acc = self.accounts[billing.account]
         try:
-            rating = rate(
-                state, Interval(t0, t1, delta, slot_wh or None), self.book, max_gap=MAX_GAP
+            rated = rate_reading(
+                self.rows.get(r.meter), r, billing, self.book, acc.year, self.calendar
             )
-        except KeyError:
-            m.last = (r.ts_ms, energy, regs)
-            return "no_tariff", (), acc.balance, None
         except (ValueError, IndexError):  # e.g. prorated thresholds longer than the tiers
             return "error", (), acc.balance, None
-        after = rating.state
-        m.totals = dict(after.totals)
-        acc.year, acc.prorated, acc.year_end = after.year_wh, after.thresholds, after.year_end
-        m.last = (r.ts_ms, energy, regs)
-        if acc.type == "unbilled":
-            return "unbilled", rating.lines, acc.balance, None
-        change = self.settle(m.account, acc.balance - rating.amount, r.ts_ms)
-        return "rated", rating.lines, acc.balance, change
+        if rated.state is not None:
+            self.rows[r.meter] = rated.state
+        if rated.year is not None:
+            acc.year = rated.year
+        change = None
+        status = rated.status
+        if status == "rated" and acc.type == "unbilled":
+            status = "unbilled"
+        elif status == "rated":
+            change = self.settle(billing.account, acc.balance - rated.amount, r.ts_ms)
+        return status, rated.lines, acc.balance, change
 
 
 # --- both at once ----------------------------------------------------------------------
@@ -208,27 +163,55 @@ class Oracle:
 class Pair:
     """A BatchRater on ``engine`` and the oracle, set up alike."""
 
-    def __init__(self, book: TariffBook, engine: ModuleType) -> None:
-        self.rater = BatchRater(book, engine=engine, max_gap=MAX_GAP)
-        self.oracle = Oracle(book)
+    def __init__(
+        self, book: TariffBook, engine: ModuleType, calendar: BillingYear | None = None
+    ) -> None:
+        calendar = calendar or BillingYear()
+        self.rater = BatchRater(book, engine=engine, calendar=calendar)
+        self.oracle = Oracle(book, calendar)
 
-    def account(self, name: str, **kw: Any) -> None:
-        year_end = kw.get("year_end")
+    def account(
+        self,
+        name: str,
+        type: AccountType,
+        levels: Thresholds,
+        trip: bool,
+        balance: int,
+        year: int = 0,
+        opened: date | None = None,
+        year_end: datetime | None = None,
+    ) -> None:
         self.rater.add_account(
             name,
-            account_type=kw["type"],
-            thresholds=kw["levels"],
-            trip_on_arrears=kw["trip"],
-            balance=kw["balance"],
-            year_wh=kw.get("year", 0),
-            prorated=kw.get("prorated"),
+            account_type=type,
+            thresholds=levels,
+            trip_on_arrears=trip,
+            balance=balance,
+            year_wh=year,
+            opened=opened,
             year_end_us=None if year_end is None else to_us(year_end),
         )
-        self.oracle.add_account(name, **kw)
+        self.oracle.add_account(
+            name,
+            type=type,
+            levels=levels,
+            trip=trip,
+            balance=balance,
+            year=AccountYear(year, None if year_end is None else year_end.astimezone(UTC)),
+            opened=opened,
+        )
 
-    def meter(self, name: str, account: str, tariff: str | None, rollover: int = 0) -> None:
-        self.rater.add_meter(name, account, tariff, rollover_wh=rollover)
-        self.oracle.meters[name] = _Meter(account, tariff, rollover)
+    def meter(
+        self, name: str, account: str, tariff: str | None, dlt645: bool = False, ratio: int = 1
+    ) -> None:
+        rollover = REGISTER_RANGE_WH * ratio if dlt645 else 0
+        self.rater.add_meter(name, account, tariff, rollover_wh=rollover, ratio=ratio)
+        acc = self.oracle.accounts[account]
+        self.oracle.billing[name] = (
+            None
+            if tariff is None
+            else Billing(name, account, tariff, acc.type == "unbilled", dlt645, ratio, acc.opened)
+        )
 
     def batch(self, readings: Sequence[Reading]) -> BatchResult:
         result = self.rater.rate(readings)
@@ -236,15 +219,18 @@ class Pair:
         for r, outcome in zip(readings, result, strict=True):
             status, lines, balance, change = self.oracle.post(r)
             assert (outcome.meter, outcome.ts_ms) == (r.meter, r.ts_ms)
-            assert outcome.status == status
+            assert outcome.status.replace("no_tariff", "baseline") == status
             assert outcome.lines == lines
-            assert outcome.amount == sum(line.amount for line in lines)
+            if status == "rated":
+                assert outcome.amount == sum(line.amount for line in lines)
+            else:
+                assert outcome.amount == 0
             if balance is not None:
                 assert outcome.balance == balance
             assert outcome.change == change
             for line in lines:
                 key = (line.tariff_id, line.version, line.key)
-                assert outcome.totals[key] == self.oracle.meters[r.meter].totals[key]
+                assert outcome.totals[key] == self.oracle.rows[r.meter].totals[key]
         self.check_state()
         return result
 
@@ -253,14 +239,19 @@ class Pair:
         assert self.rater.set_balance(account, new, ts) == self.oracle.settle(account, new, ts)
 
     def check_state(self) -> None:
-        for name, m in self.oracle.meters.items():
-            assert self.rater.totals(name) == {
-                k: v for k, v in m.totals.items() if v.energy_wh or v.posted
-            }
-            assert self.rater.last(name) == (None if m.last is None else m.last[:2])
+        for name in self.oracle.billing:
+            row = self.oracle.rows.get(name)
+            if row is None:
+                assert self.rater.last(name) is None
+                continue
+            used = {k: v for k, v in row.totals.items() if v.energy_wh or v.posted}
+            assert self.rater.totals(name) == used
+            assert self.rater.last(name) == (row.last_ts_ms, row.last_energy_wh)
+            assert self.rater.registers(name) == row.slots
         for name, acc in self.oracle.accounts.items():
             assert self.rater.balance(name) == acc.balance
-            assert self.rater.year_wh(name) == acc.year
+            assert self.rater.year_wh(name) == acc.year.year_wh
+            assert self.rater.year_end(name) == acc.year.year_end
             assert self.rater.prepaid_state(name) == acc.state
             assert self.rater.tripped(name) == acc.tripped
 
@@ -278,7 +269,7 @@ def test_tou_across_2200_and_midnight_into_a_weekend(engine: ModuleType) -> None
     # 1200 Wh x 3000 = 3600; Saturday is a weekend (flat all day) 00:00-00:30 300 Wh x 6000
     # = 1800.  Total 7200.
     pair = Pair(BOOK, engine)
-    prepaid(pair)
+    prepaid(pair, year_end=datetime(2027, 1, 1, tzinfo=SH))
     pair.meter("m", "A", "tou")
     start, end = datetime(2026, 3, 6, 21, 40, tzinfo=SH), datetime(2026, 3, 7, 0, 30, tzinfo=SH)
     result = pair.batch([reading("m", start, 10_000), reading("m", end, 11_700)])
@@ -291,20 +282,23 @@ def test_tou_across_2200_and_midnight_into_a_weekend(engine: ModuleType) -> None
     assert lines[1].t0 == datetime(2026, 3, 6, 22, tzinfo=SH)
     assert lines[2].t0 == datetime(2026, 3, 7, tzinfo=SH)
     assert pair.rater.balance("A") == 1_000_000 - 7200
-    assert pair.rater.fallbacks.total() == 0 and pair.rater.rated == 2
+    assert pair.rater.fallbacks.total() == 0 and pair.rater.rated == 2  # all in the kernel
 
 
 def test_tou_registers_split_by_the_meter(engine: ModuleType) -> None:
-    # Same span, the meter's own registers: T2 +500, T4 +1000, T3 +200 (1700 Wh in all):
-    # peak 500 x 9000 = 4500, valley 1000 x 3000 = 3000, flat 200 x 6000 = 1200.
+    # Same span, the meter's own registers: T1 +0, T2 +500, T3 +200, T4 +1000 (1700 Wh,
+    # the total): peak 500 x 9000 = 4500, valley 1000 x 3000 = 3000, flat 200 x 6000 = 1200.
+    # Then registers summing 60 Wh away from the total (more than 4 x 10 Wh): not used.
     pair = Pair(BOOK, engine)
     prepaid(pair)
     pair.meter("m", "A", "tou")
     start, end = datetime(2026, 3, 6, 21, 40, tzinfo=SH), datetime(2026, 3, 7, 0, 30, tzinfo=SH)
     result = pair.batch(
         [
-            reading("m", start, 10_000, t2=5000, t3=100, t4=7000),
-            reading("m", end, 11_700, t2=5500, t3=300, t4=8000),
+            reading("m", start, 10_000, t1=0, t2=5000, t3=100, t4=7000),
+            reading("m", end, 11_700, t1=0, t2=5500, t3=300, t4=8000),
+            reading("m", end + timedelta(hours=1), 12_700, t1=0, t2=5500, t3=360, t4=9000),
+            reading("m", end + timedelta(hours=2), 13_700, t2=5500, t3=360, t4=9000),
         ]
     )
     assert [(ln.key, ln.energy_wh, ln.amount, ln.apportioned) for ln in result[1].lines] == [
@@ -312,6 +306,9 @@ def test_tou_registers_split_by_the_meter(engine: ModuleType) -> None:
         ("slot:4", 1000, 3000, False),
         ("slot:3", 200, 1200, False),
     ]
+    assert [ln.apportioned for ln in result[2].lines] == [True]  # 1060 Wh vs 1000
+    assert all(ln.apportioned for ln in result[3].lines)  # three of four: by time
+    assert pair.rater.registers("m") is None
 
 
 def test_halves_round_up_in_time_shares_and_in_costs(engine: ModuleType) -> None:
@@ -378,12 +375,12 @@ def test_thousand_one_wh_intervals_cost_exactly_one_kwh(engine: ModuleType, size
 def test_rollover_fall_discontinuity_and_untrusted_time(engine: ModuleType) -> None:
     pair = Pair(BOOK, engine)
     prepaid(pair)
-    pair.meter("f", "A", "flat", rollover=1_000_000)
+    pair.meter("f", "A", "flat", dlt645=True)  # its register wraps at 10**9 Wh
     pair.meter("t", "A", "tou")
     t = ms(datetime(2026, 3, 2, 9, tzinfo=SH))
     result = pair.batch(
         [
-            reading("f", t, 999_000),
+            reading("f", t, 999_999_000),
             reading("t", t, 5_000),
             reading("f", t + 60_000, 1_000, FLAG_ROLLOVER),  # 2000 Wh across the wrap
             reading("t", t + 60_000, 5_100, FLAG_TIME_UNTRUSTED),  # deferred
@@ -429,29 +426,49 @@ def test_states_alarms_trip_top_up_and_close(engine: ModuleType) -> None:
     assert not pair.rater.tripped("A")
 
 
-def test_version_change_and_year_end_fall_back_to_python(engine: ModuleType) -> None:
+def test_version_change_year_end_and_proration_fall_back_to_python(engine: ModuleType) -> None:
     # FLAT_V2 takes effect on 2026-03-07 12:00: the interval across it is rated in Python.
-    pair = Pair(BOOK, engine)
-    prepaid(pair, "A")
-    prepaid(pair, "B", year=2_000_000, prorated=(2_100_000, 2_300_000),
-            year_end=datetime(2026, 3, 7, 3, tzinfo=SH))  # fmt: skip
+    # Billing years start on 7 March: B, opened 2025-09-01, has prorated thresholds until
+    # then (worked out in Python once, then used by the kernel), the tariff's after; the
+    # interval across midnight of 7 March is split there, in Python.
+    pair = Pair(BOOK, engine, BillingYear(start=(3, 7)))
+    end = datetime(2026, 3, 7, tzinfo=SH)
+    prepaid(pair, "A", year_end=end)
+    prepaid(pair, "B", year=1_500_000, opened=date(2025, 9, 1), year_end=end)
     pair.meter("f", "A", "flat")
     pair.meter("r", "B", "res")
-    t0 = datetime(2026, 3, 7, 1, tzinfo=SH)
+    t0 = datetime(2026, 3, 6, 20, tzinfo=SH)
     pair.batch([reading("f", t0, 0), reading("r", t0, 0)])
     result = pair.batch(
         [
-            reading("f", t0 + timedelta(hours=10), 100),
-            reading("f", t0 + timedelta(hours=12), 200),  # across 12:00: two versions
-            reading("r", t0 + timedelta(hours=4), 150_000),  # across the yearly reset
-            reading("r", t0 + timedelta(hours=5), 250_000),  # after it: the tariff's tiers
-            reading("f", t0 + timedelta(hours=13), 300),
+            reading("r", t0 + timedelta(hours=1), 100_000),  # prorated: worked out
+            reading("r", t0 + timedelta(hours=2), 200_000),  # kernel
+            reading("f", t0 + timedelta(hours=10), 100),  # across the yearly reset
+            reading("r", t0 + timedelta(hours=5), 250_000),  # across the yearly reset
+            reading("r", t0 + timedelta(hours=6), 350_000),  # the new year: worked out
+            reading("f", t0 + timedelta(hours=17), 200),  # across 12:00: two versions
+            reading("f", t0 + timedelta(hours=18), 300),
+            reading("r", t0 + timedelta(hours=7), 450_000),
         ]
     )
-    assert [o.fallback for o in result] == [None, "version_change", "year_end", None, None]
-    assert [ln.version for ln in result[1].lines] == [1, 2]
-    assert pair.rater.fallbacks == {"version_change": 1, "year_end": 1}
+    assert [o.fallback for o in result] == [
+        "thresholds",
+        None,
+        "year_end",
+        "year_end",
+        "thresholds",
+        "version_change",
+        None,
+        None,
+    ]
+    # Opened 2025-09-01: 187 of the year's 365 days left, the first threshold prorated to
+    # 2,760,000 x 187 / 365 = 1,414,027 Wh; B's 1,600,000 Wh are past it: tier 2.  In
+    # the new year B is no longer new: the tariff's thresholds (tier 1 again).
+    assert [ln.key for ln in result[1].lines] == ["tier:2"]
+    assert [ln.key for ln in result[7].lines] == ["tier:1"]
     assert pair.rater.meter_state("r").thresholds is None
+    assert [ln.version for ln in result[5].lines] == [1, 2]
+    assert pair.rater.year_end("B") == datetime(2027, 3, 7, tzinfo=SH)
 
 
 def test_tables_unknown_to_the_kernel_and_full_line_arrays(engine: ModuleType) -> None:
@@ -533,10 +550,13 @@ readings_steps = st.lists(
         ),
         st.one_of(st.integers(0, 3000), st.integers(0, 3000), st.integers(-500, 0)),  # Wh
         st.sampled_from([0, 0, 0, 0, 0, FLAG_DISCONTINUITY, FLAG_ROLLOVER, FLAG_TIME_UNTRUSTED]),
-        st.one_of(  # per-tariff register steps, if the reading has them
+        st.one_of(  # per-tariff registers: the step split by these weights, give or take
             st.none(),
-            st.none(),
-            st.lists(st.one_of(st.none(), st.integers(0, 800)), min_size=4, max_size=4),
+            st.tuples(
+                st.lists(st.integers(0, 4), min_size=4, max_size=4),
+                st.integers(-30, 30),  # off the total by this much (on T4)
+                st.booleans(),  # T1 missing
+            ),
         ),
         st.booleans(),  # a top-up before this reading
         st.integers(0, 6),  # 0: this reading ends a batch
@@ -560,6 +580,9 @@ def setups(draw: st.DrawFn) -> dict[str, Any]:
         year_end = None
         if draw(st.booleans()):
             year_end = BASE + timedelta(minutes=draw(st.integers(0, 2 * 1440)))
+        opened = None
+        if draw(st.booleans()):
+            opened = date(2025, 3, 1) + timedelta(days=draw(st.integers(0, 400)))
         accounts.append(
             {
                 "type": draw(st.sampled_from(["prepaid", "prepaid", "postpaid", "unbilled"])),
@@ -567,40 +590,38 @@ def setups(draw: st.DrawFn) -> dict[str, Any]:
                 "trip": draw(st.booleans()),
                 "balance": draw(st.integers(-20_000, 150_000)),
                 "year": draw(st.integers(0, 30_000)),
-                "prorated": draw(
-                    st.none()
-                    | st.lists(st.integers(0, 30_000), min_size=1, max_size=3).map(
-                        lambda x: tuple(sorted(x))
-                    )
-                ),
+                "opened": opened,
                 "year_end": year_end,
             }
         )
     meters = [
         (
-            draw(st.integers(0, 1)),
+            draw(st.integers(0, 1)),  # account
             draw(st.sampled_from(["F", "T", "R", "T", "R", None])),
-            draw(st.sampled_from([0, 10_000])),
+            draw(st.booleans()),  # DL/T 645: its registers wrap
+            draw(st.integers(1, 3)),  # ratio
         )
         for _ in range(4)
     ]
-    return {"accounts": accounts, "meters": meters}
+    calendar = BillingYear(start=draw(st.sampled_from([(1, 1), (3, 7), (3, 8)])))
+    return {"accounts": accounts, "meters": meters, "calendar": calendar}
 
 
 @settings(max_examples=500)
 @given(books(), setups(), readings_steps)
-def test_kernel_matches_billing_rate(
+def test_kernel_matches_the_chargers_rating(
     engine: ModuleType, book: TariffBook, setup: dict[str, Any], steps: list[Any]
 ) -> None:
-    pair = Pair(book, engine)
-    twin = Pair(book, _engine_py)  # the twin, for array-level equality with the compiled one
+    pair = Pair(book, engine, setup["calendar"])
+    twin = Pair(book, _engine_py, setup["calendar"])  # for array-level equality
     for p in (pair, twin):
         for n, acc in enumerate(setup["accounts"]):
             p.account(f"A{n}", **acc)
-        for n, (acc, tariff, rollover) in enumerate(setup["meters"]):
-            p.meter(f"m{n}", f"A{acc}", tariff, rollover)
+        for n, (acc, tariff, dlt645, ratio) in enumerate(setup["meters"]):
+            p.meter(f"m{n}", f"A{acc}", tariff, dlt645, ratio)
+    span = [REGISTER_RANGE_WH * ratio for _, _, _, ratio in setup["meters"]]
     clock = [ms(BASE)] * 4
-    energy = [5_000] * 4
+    energy = [s - 4_000 for s in span]  # DL/T 645 meters wrap during the run
     regs: list[list[int]] = [[1000] * 4 for _ in range(4)]
     batch: list[Reading] = []
 
@@ -612,24 +633,29 @@ def test_kernel_matches_billing_rate(
                 keys = sorted({line.key.split(":")[0] for line in outcome.lines})
                 regs = not all(line.apportioned for line in outcome.lines)
                 event(f"lines {len(outcome.lines)} {keys} registers {regs}")
-            for name in ("status", "amount", "balance", "new_state", "year", "span"):
+            for name in ("status", "amount", "balance", "new_state", "year", "year_end", "span"):
                 assert list(getattr(a.out, name)) == list(getattr(b.out, name)), name
         batch.clear()
 
-    for meter, dt, de, flags, reg_steps, top_up, end in steps:
+    for meter, dt, de, flags, registers, top_up, end in steps:
         if top_up:
             flush()
             for p in (pair, twin):
                 p.top_up("A0", 30_000, clock[meter])
         clock[meter] += dt * 1000
         energy[meter] += de
-        if flags & FLAG_ROLLOVER and setup["meters"][meter][2]:
-            energy[meter] %= setup["meters"][meter][2]
+        if flags & FLAG_ROLLOVER:
+            energy[meter] %= span[meter]
         present = {}
-        for j, step in enumerate(reg_steps or ()):
-            if step is not None:
-                regs[meter][j] += step
-                present[f"t{j + 1}"] = regs[meter][j]
+        if registers is not None:
+            weights, off, no_t1 = registers
+            whole = sum(weights) or 1
+            parts = [de * w // whole for w in weights]
+            parts[3] += de - sum(parts) + off
+            for j in range(4):
+                regs[meter][j] = (regs[meter][j] + parts[j]) % span[meter]
+                if j or not no_t1:
+                    present[f"t{j + 1}"] = regs[meter][j]
         batch.append(reading(f"m{meter}", clock[meter], max(energy[meter], 0), flags, **present))
         if end == 0:
             flush()

@@ -180,6 +180,10 @@ def rate_batch(tb, st, bt, out, Py_ssize_t start):
     cdef long long[:] m_reg = st.m_reg
     cdef long long[:] m_cum = st.m_cum
     cdef long long[:] m_posted = st.m_posted
+    cdef long long[:] m_reg_tol = st.m_reg_tol
+    cdef long long[:] a_thr_from = st.a_thr_from
+    cdef long long[:] a_thr_to = st.a_thr_to
+    cdef long long[:] a_thr_tariff = st.a_thr_tariff
     cdef long long[:] a_year = st.a_year
     cdef long long[:] a_thr_set = st.a_thr_set
     cdef long long[:] a_nthr = st.a_nthr
@@ -211,6 +215,7 @@ def rate_batch(tb, st, bt, out, Py_ssize_t start):
     cdef long long[:] o_new_state = out.new_state
     cdef long long[:] o_regs = out.regs
     cdef long long[:] o_year = out.year
+    cdef long long[:] o_year_end = out.year_end
     cdef long long[:] o_span = out.span
     cdef long long[:] o_used = out.used
     cdef long long[:] l_reading = out.l_reading
@@ -235,6 +240,7 @@ def rate_batch(tb, st, bt, out, Py_ssize_t start):
             r_meter, r_ts, r_energy, r_flags, r_reg, o_status, o_amount, o_line0, o_nline,
             o_balance, o_old_state, o_new_state, o_regs, o_year, o_span, o_used, l_reading,
             l_seg, l_energy, l_price, l_amount, l_t0, l_t1, l_cum, l_posted, start,
+            m_reg_tol, a_thr_from, a_thr_to, a_thr_tariff, o_year_end,
         )
 
 
@@ -261,7 +267,8 @@ cdef Py_ssize_t _rate(
     long long[:] o_year, long long[:] o_span, long long[:] o_used, long long[:] l_reading,
     long long[:] l_seg, long long[:] l_energy, long long[:] l_price, long long[:] l_amount,
     long long[:] l_t0, long long[:] l_t1, long long[:] l_cum, long long[:] l_posted,
-    Py_ssize_t start,
+    Py_ssize_t start, long long[:] m_reg_tol, long long[:] a_thr_from, long long[:] a_thr_to,
+    long long[:] a_thr_tariff, long long[:] o_year_end,
 ) noexcept nogil:
     cdef long long p_key[MAX_PARTS]
     cdef long long p_energy[MAX_PARTS]
@@ -278,7 +285,8 @@ cdef Py_ssize_t _rate(
     cdef long long reg_sum, big, base, poff, nthr, toff, year, done, begin, end, tier
     cdef long long room, take, key, whole, acc, upto_done, upto, share, total, e, cum
     cdef long long cost, charge, amount, balance
-    cdef int use_regs, neg, every, first_k, fits
+    cdef long long owner
+    cdef int use_regs, every, first_k, fits
     while i < n:
         if cap - nl < MAX_PARTS:
             o_status[i] = NEED_ROOM
@@ -296,6 +304,7 @@ cdef Py_ssize_t _rate(
             o_status[i] = S_NOT_CHARGED
             o_balance[i] = 0
             o_year[i] = 0
+            o_year_end[i] = _NONE
             o_old_state[i] = ST_NORMAL
             o_new_state[i] = ST_NORMAL
             i += 1
@@ -305,6 +314,7 @@ cdef Py_ssize_t _rate(
         o_new_state[i] = state
         o_balance[i] = a_balance[a]
         o_year[i] = a_year[a]
+        o_year_end[i] = a_year_end[a]
         energy = r_energy[i]
         flags = r_flags[i]
         if energy < 0:
@@ -371,20 +381,24 @@ cdef Py_ssize_t _rate(
         use_regs = 0
         reg_sum = 0
         if kind == KIND_TOU:
-            neg = 0
+            use_regs = 1
             for j in range(NREG):
                 cur = r_reg[i * NREG + j]
                 prev = m_reg[m * NREG + j]
-                if cur >= 0 and prev >= 0:
-                    regs[j] = cur - prev
-                    if regs[j] < 0:
-                        neg = 1
-                    reg_sum += regs[j]
-                    use_regs = 1
-                else:
-                    regs[j] = -1
-            if neg:
+                if cur < 0 or prev < 0:
+                    use_regs = 0
+                    break
+                regs[j] = cur - prev
+                if regs[j] < 0 and flags & FLAG_ROLLOVER and m_rollover[m] > 0:
+                    regs[j] += m_rollover[m]
+                if regs[j] < 0:
+                    use_regs = 0
+                    break
+                reg_sum += regs[j]
+            if use_regs and (reg_sum - delta > m_reg_tol[m] or delta - reg_sum > m_reg_tol[m]):
                 use_regs = 0
+            if not use_regs:
+                reg_sum = 0
         big = reg_sum if use_regs and reg_sum > delta else delta
         if big > _LIMIT // (span + 1):
             o_status[i] = FALLBACK_RANGE
@@ -401,6 +415,10 @@ cdef Py_ssize_t _rate(
             np = 1
         elif kind == KIND_TIERED:
             nthr = v_nthr[v]
+            owner = a_thr_tariff[a]
+            if t0 < a_thr_from[a] or t0 >= a_thr_to[a] or (owner >= 0 and owner != t):
+                o_status[i] = FALLBACK_THRESHOLDS
+                break
             if a_thr_set[a] != 0:
                 if a_nthr[a] != nthr:
                     o_status[i] = FALLBACK_THRESHOLDS
@@ -544,6 +562,7 @@ cdef Py_ssize_t _rate(
             amount += charge
         a_year[a] += total
         o_year[i] = a_year[a]
+        o_year_end[i] = a_year_end[a]
         m_has_last[m] = 1
         m_last_ts[m] = r_ts[i]
         m_last_e[m] = energy
@@ -554,6 +573,7 @@ cdef Py_ssize_t _rate(
         o_regs[i] = use_regs
         o_span[i] = span
         if a_type[a] == ACCOUNT_UNBILLED:
+            o_amount[i] = 0
             o_status[i] = S_UNBILLED
             i += 1
             continue

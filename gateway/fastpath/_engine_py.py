@@ -170,6 +170,7 @@ def rate_batch(tb: Tables, st: State, bt: Batch, out: Out, start: int) -> int:
             out.status[i] = S_NOT_CHARGED
             out.balance[i] = 0
             out.year[i] = 0
+            out.year_end[i] = NONE
             out.old_state[i] = out.new_state[i] = ST_NORMAL
             i += 1
             continue
@@ -178,6 +179,7 @@ def rate_batch(tb: Tables, st: State, bt: Batch, out: Out, start: int) -> int:
         out.new_state[i] = state
         out.balance[i] = st.a_balance[a]
         out.year[i] = st.a_year[a]
+        out.year_end[i] = st.a_year_end[a]
         energy = bt.r_energy[i]
         flags = bt.r_flags[i]
         if energy < 0:
@@ -231,23 +233,29 @@ def rate_batch(tb: Tables, st: State, bt: Batch, out: Out, start: int) -> int:
             break
         span = t1 - t0
         # per-tariff registers: deltas of the slots both readings have
+        # per-tariff registers (all four in both readings): their deltas, a rollover
+        # added; not used if one fell or their sum strays from the total
         use_regs = 0
         reg_sum = 0
         if kind == KIND_TOU:
-            neg = 0
+            use_regs = 1
             for j in range(NREG):
                 cur = bt.r_reg[i * NREG + j]
                 prev = st.m_reg[m * NREG + j]
-                if cur >= 0 and prev >= 0:
-                    regs[j] = cur - prev
-                    if regs[j] < 0:
-                        neg = 1
-                    reg_sum += regs[j]
-                    use_regs = 1
-                else:
-                    regs[j] = -1
-            if neg:
+                if cur < 0 or prev < 0:
+                    use_regs = 0
+                    break
+                regs[j] = cur - prev
+                if regs[j] < 0 and flags & FLAG_ROLLOVER and st.m_rollover[m] > 0:
+                    regs[j] += st.m_rollover[m]
+                if regs[j] < 0:
+                    use_regs = 0
+                    break
+                reg_sum += regs[j]
+            if use_regs and abs(reg_sum - delta) > st.m_reg_tol[m]:
                 use_regs = 0
+            if not use_regs:
+                reg_sum = 0
         big = reg_sum if use_regs and reg_sum > delta else delta
         if big > _LIMIT // (span + 1):
             out.status[i] = FALLBACK_RANGE
@@ -264,6 +272,10 @@ def rate_batch(tb: Tables, st: State, bt: Batch, out: Out, start: int) -> int:
             np = 1
         elif kind == KIND_TIERED:
             nthr = tb.v_nthr[v]
+            owner = st.a_thr_tariff[a]
+            if t0 < st.a_thr_from[a] or t0 >= st.a_thr_to[a] or (owner >= 0 and owner != t):
+                out.status[i] = FALLBACK_THRESHOLDS
+                break
             if st.a_thr_set[a] != 0:
                 if st.a_nthr[a] != nthr:
                     out.status[i] = FALLBACK_THRESHOLDS
@@ -408,12 +420,14 @@ def rate_batch(tb: Tables, st: State, bt: Batch, out: Out, start: int) -> int:
             amount += charge
         st.a_year[a] += total
         out.year[i] = st.a_year[a]
+        out.year_end[i] = st.a_year_end[a]
         _baseline(st, bt, i, m)
         out.nline[i] = nl - out.line0[i]
         out.amount[i] = amount
         out.regs[i] = use_regs
         out.span[i] = span
         if st.a_type[a] == ACCOUNT_UNBILLED:
+            out.amount[i] = 0
             out.status[i] = S_UNBILLED
             i += 1
             continue

@@ -34,18 +34,27 @@ rating for the cases above and the result types) and ``gateway.prepaid``.
 
 from __future__ import annotations
 
+from array import array
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import date, datetime, timedelta
 from types import ModuleType
 from typing import overload
 
 from gateway import fastpath
-from gateway.billing import ChargeLine, Interval, MeterState, Running, TariffBook, rate
+from gateway.billing import (
+    BillingYear,
+    ChargeLine,
+    Interval,
+    MeterState,
+    Running,
+    TariffBook,
+    rate,
+)
 from gateway.config.model import AccountType
 from gateway.fastpath import layout as L
-from gateway.fastpath.tables import SegmentKey, TableBuilder, from_us
+from gateway.fastpath.tables import SegmentKey, TableBuilder, from_us, to_us
 from gateway.prepaid import PrepaidState, StateChange, Thresholds, evaluate
 from gateway.protocols.quantities import Quantity, Reading
 
@@ -94,8 +103,24 @@ _ACCOUNT_ROWS = (
     "a_trip",
     "a_tripped",
     "a_state",
+    "a_thr_from",
+    "a_thr_to",
+    "a_thr_tariff",
 )
-_METER_ROWS = ["m_tariff", "m_account", "m_has_last", "m_last_ts", "m_last_e", "m_rollover"]
+_METER_ROWS = (
+    "m_tariff",
+    "m_account",
+    "m_has_last",
+    "m_last_ts",
+    "m_last_e",
+    "m_rollover",
+    "m_reg_tol",
+)
+_REGISTER_STEP_WH = 10
+"""A DL/T 645 tariff register holds whole 10 Wh: registers summing further than this
+x ratio x 4 from the total are not used (gateway.charging's rule)."""
+_MIN = -(2**63)
+_NO_REGISTERS = array("q", [-1] * L.NREG)
 _STATES = [PrepaidState(s) for s in L.STATES]
 
 
@@ -110,6 +135,7 @@ class Outcome:
     amount: int  #: charged in total (0.0001 yuan); 0 unless rated
     balance: int  #: the account's balance after the reading
     year_wh: int  #: the account's billing-year energy after the reading
+    year_end: datetime | None  #: the account's next yearly tier reset (UTC), if known
     lines: tuple[ChargeLine, ...]  #: as gateway.billing.rate gives them
     #: the rounding accumulators the lines changed, as they are after the reading
     totals: Mapping[SegmentKey, Running] = field(hash=False)
@@ -180,8 +206,10 @@ class BatchRater:
         *,
         engine: ModuleType | None = None,
         max_gap: timedelta | None = None,
+        calendar: BillingYear | None = None,
     ) -> None:
         self.book = book
+        self.calendar = calendar
         self.engine = engine or fastpath.engine
         self.max_gap = max_gap
         self._max_gap_us = None if max_gap is None else max_gap // timedelta(microseconds=1)
@@ -193,6 +221,7 @@ class BatchRater:
         self.account_index: dict[str, int] = {}
         self._thresholds: list[Thresholds] = []
         self._prorated: list[tuple[int, ...] | None] = []  # the full tuples
+        self._opened: list[date | None] = []
         self._extra: dict[int, dict[SegmentKey, Running]] = {}  # keys outside the tables
         self.fallbacks: Counter[str] = Counter()  #: readings rated in Python, by reason
         self.rated = 0  #: readings the kernel did
@@ -211,9 +240,17 @@ class BatchRater:
         year_wh: int = 0,
         prorated: tuple[int, ...] | None = None,
         year_end_us: int | None = None,
+        opened: date | None = None,
+        state: PrepaidState | None = None,
     ) -> None:
-        """Add (or replace) an account's state.  ``prorated``: its tier thresholds
-        when not the tariff's; ``year_end_us``: when its tier total resets."""
+        """Add (or replace) an account's state.
+
+        With a ``calendar`` (gateway.charging's rules): ``year_end_us`` is the tier
+        total's next reset (None: worked out at the account's next reading) and the
+        prorated thresholds follow from ``opened`` (``prorated`` is not used).  Without:
+        ``prorated`` are its tier thresholds when not the tariff's and ``year_end_us``
+        when its total resets (None: never).  ``state``: as recorded (None: evaluated).
+        """
         a = self.account_index.get(account)
         st = self.state
         if a is None:
@@ -222,32 +259,28 @@ class BatchRater:
             self.account_index[account] = a
             self._thresholds.append(thresholds)
             self._prorated.append(None)
-            for name in [
-                "a_year",
-                "a_thr_set",
-                "a_nthr",
-                "a_year_end",
-                "a_balance",
-                "a_alarm1",
-                "a_alarm2",
-                "a_overdraft",
-                "a_close",
-                "a_type",
-                "a_trip",
-                "a_tripped",
-                "a_state",
-            ]:
+            self._opened.append(None)
+            for name in _ACCOUNT_ROWS:
                 getattr(st, name).append(0)
             st.a_thr.extend(L.zeros(L.MAX_TIERS))
         st.a_type[a] = _TYPES[account_type]
         st.a_trip[a] = int(trip_on_arrears)
         st.a_year[a] = year_wh
-        st.a_year_end[a] = L.NONE if year_end_us is None else year_end_us
-        self._set_prorated(a, prorated)
+        self._opened[a] = opened
+        if year_end_us is not None:
+            st.a_year_end[a] = year_end_us
+        else:
+            st.a_year_end[a] = L.UNKNOWN if self.calendar is not None else L.NONE
+        if self.calendar is not None:  # worked out at the first tiered interval
+            self._set_prorated(a, None)
+            st.a_thr_from[a], st.a_thr_to[a], st.a_thr_tariff[a] = 0, 0, -1
+        else:
+            self._set_prorated(a, prorated)
+            st.a_thr_from[a], st.a_thr_to[a], st.a_thr_tariff[a] = _MIN, L.NONE, -1
         st.a_balance[a] = balance
         st.a_tripped[a] = int(tripped)
         self._set_levels(a, thresholds)
-        st.a_state[a] = self._evaluate(a, balance)
+        st.a_state[a] = self._evaluate(a, balance) if state is None else L.STATES.index(state)
 
     def _set_prorated(self, a: int, prorated: tuple[int, ...] | None) -> None:
         st = self.state
@@ -276,15 +309,16 @@ class BatchRater:
         tariff: str | None,
         *,
         rollover_wh: int = 0,
+        ratio: int = 1,
         last: tuple[int, int] | None = None,
         registers: Sequence[int | None] = (),
         totals: Mapping[SegmentKey, Running] | None = None,
     ) -> None:
         """Add (or replace) a meter of ``account`` (added before).  ``tariff`` None:
         not charged; ``rollover_wh``: register range x ratio (DL/T 645), 0: none;
-        ``last``: (ts ms, energy Wh) of its baseline reading; ``registers``: that
-        reading's per-tariff registers T1..T4 (None: absent); ``totals``: its rounding
-        accumulators."""
+        ``ratio``: its CT x PT ratio; ``last``: (ts ms, energy Wh) of its baseline
+        reading; ``registers``: that reading's per-tariff registers T1..T4 (all four,
+        else none are kept); ``totals``: its rounding accumulators."""
         a = self.account_index[account]
         t = -1 if tariff is None else self._tariff(tariff)
         st = self.state
@@ -293,14 +327,7 @@ class BatchRater:
             m = len(self.meters)
             self.meters.append(meter)
             self.meter_index[meter] = m
-            for name in [
-                "m_tariff",
-                "m_account",
-                "m_has_last",
-                "m_last_ts",
-                "m_last_e",
-                "m_rollover",
-            ]:
+            for name in _METER_ROWS:
                 getattr(st, name).append(0)
             st.m_reg.extend(L.zeros(L.NREG))
             st.m_cum.extend(L.zeros(self.tables.tables.nseg))
@@ -308,10 +335,12 @@ class BatchRater:
         st.m_tariff[m] = t
         st.m_account[m] = a
         st.m_rollover[m] = rollover_wh
+        st.m_reg_tol[m] = _REGISTER_STEP_WH * ratio * L.NREG
+        complete = len(registers) >= L.NREG and all(r is not None for r in registers[: L.NREG])
         st.m_has_last[m] = int(last is not None)
         st.m_last_ts[m], st.m_last_e[m] = last if last is not None else (0, 0)
         for j in range(L.NREG):
-            value = registers[j] if j < len(registers) else None
+            value = registers[j] if complete else None
             st.m_reg[m * L.NREG + j] = -1 if value is None else value
         self._set_totals(m, totals or {})
 
@@ -361,6 +390,17 @@ class BatchRater:
                 out[key] = Running(cum, posted)
         return out
 
+    def registers(self, meter: str) -> dict[int, int] | None:
+        """The per-tariff registers 1-4 of the meter's baseline reading, if it had them."""
+        m = self.meter_index[meter]
+        regs = self.state.m_reg[m * L.NREG : (m + 1) * L.NREG]
+        return None if min(regs) < 0 else {j + 1: r for j, r in enumerate(regs)}
+
+    def year_end(self, account: str) -> datetime | None:
+        """When the account's tier total resets next (UTC), if known."""
+        end = self.state.a_year_end[self.account_index[account]]
+        return None if end in (L.NONE, L.UNKNOWN) else from_us(end)
+
     def last(self, meter: str) -> tuple[int, int] | None:
         """(ts ms, energy Wh) of the meter's baseline reading, if any."""
         m = self.meter_index[meter]
@@ -381,7 +421,7 @@ class BatchRater:
             tariff,
             year_wh=st.a_year[a],
             thresholds=self._prorated_of(a),
-            year_end=None if year_end == L.NONE else from_us(year_end),
+            year_end=None if year_end in (L.NONE, L.UNKNOWN) else from_us(year_end),
             totals=self.totals(meter),
         )
 
@@ -456,9 +496,12 @@ class BatchRater:
             energy = values.get(Quantity.ENERGY_IMPORT)
             batch.r_energy[i] = -1 if energy is None or energy < 0 else energy
             batch.r_flags[i] = reading.flags
-            for j, q in enumerate(_REGISTERS):
-                reg = values.get(q)
-                batch.r_reg[i * L.NREG + j] = -1 if reg is None or reg < 0 else reg
+            if _REGISTERS[0] in values:
+                regs = [values.get(q, -1) for q in _REGISTERS]
+                if min(regs) >= 0:
+                    batch.r_reg[i * L.NREG : i * L.NREG + L.NREG] = array("q", regs)
+                    continue
+            batch.r_reg[i * L.NREG : i * L.NREG + L.NREG] = _NO_REGISTERS
         return self.rate_arrays(batch)
 
     def rate_arrays(self, batch: L.Batch) -> BatchResult:
@@ -498,53 +541,105 @@ class BatchRater:
         st = self.state
         m = batch.r_meter[i]
         a = st.m_account[m]
+        t = st.m_tariff[m]
         ts, energy, flags = batch.r_ts[i], batch.r_energy[i], batch.r_flags[i]
+        span = st.m_rollover[m] if flags & L.FLAG_ROLLOVER and st.m_rollover[m] > 0 else 0
         delta = energy - st.m_last_e[m]
-        if delta < 0 and flags & L.FLAG_ROLLOVER and st.m_rollover[m] > 0:
-            delta += st.m_rollover[m]
-        t0_ms = st.m_last_ts[m]
-        t1_ms = max(t0_ms, ts)
-        slot_wh: dict[int, int] | None = {}
-        for j in range(L.NREG):
-            cur, prev = batch.r_reg[i * L.NREG + j], st.m_reg[m * L.NREG + j]
-            if cur >= 0 and prev >= 0 and slot_wh is not None:
-                slot_wh[j + 1] = cur - prev
-                if cur < prev:
-                    slot_wh = None
-        before = self.meter_state(self.meters[m])
-        interval = Interval(from_us(t0_ms * 1000), from_us(t1_ms * 1000), delta, slot_wh or None)
-        balance, year = st.a_balance[a], st.a_year[a]
+        if delta < 0:
+            delta += span
+        t0_us = st.m_last_ts[m] * 1000
+        t0, t1 = from_us(t0_us), from_us(max(t0_us, ts * 1000))
+        slot_wh = self._slot_deltas(batch, i, m, delta, span)
+        calendar = self.calendar
+        year_end = st.a_year_end[a]
+        if calendar is not None:
+            if year_end == L.UNKNOWN:
+                year_end = to_us(calendar.end_of(t0))
+            self._thresholds_at(a, t, t0)
+        before = replace(
+            self.meter_state(self.meters[m]),
+            year_end=None if year_end == L.NONE else from_us(year_end),
+        )
+        year = st.a_year[a]
+        out.balance[i] = st.a_balance[a]
         out.line0[i], out.nline[i], out.amount[i] = 0, 0, 0
         out.old_state[i] = out.new_state[i] = st.a_state[a]
+        out.year[i], out.year_end[i] = year, st.a_year_end[a]
         change = None
         try:
-            rating = rate(before, interval, self.book, max_gap=self.max_gap, engine=self.engine)
+            rating = rate(
+                before, Interval(t0, t1, delta, slot_wh), self.book, max_gap=self.max_gap,
+                engine=self.engine,
+            )  # fmt: skip
         except KeyError:  # no tariff version in force
             self._baseline(batch, i, m)
             out.status[i] = L.S_NO_TARIFF
-            return self._python_outcome(i, m, a, balance, year, (), {}, None, why)
+            return self._python_outcome(m, a, out, i, (), {}, None, why)
         except (ValueError, IndexError) as exc:  # refused by rate; or prorated tiers too long
             out.status[i] = L.S_ERROR
-            return self._python_outcome(i, m, a, balance, year, (), {}, None, why, str(exc))
+            return self._python_outcome(m, a, out, i, (), {}, None, why, str(exc))
         after = rating.state
         self._set_totals(m, after.totals)
-        st.a_year[a] = year = after.year_wh
-        if after.thresholds is None:
-            self._set_prorated(a, None)
-        if after.year_end is None:
-            st.a_year_end[a] = L.NONE
-        self._baseline(batch, i, m)
-        out.amount[i] = rating.amount
-        if st.a_type[a] == L.ACCOUNT_UNBILLED:
-            out.status[i] = L.S_UNBILLED
+        st.a_year[a] = after.year_wh
+        if after.year_end is not None:
+            st.a_year_end[a] = to_us(after.year_end)
+        elif calendar is not None:
+            st.a_year_end[a] = to_us(calendar.end_of(t1))
         else:
-            balance -= rating.amount
-            change = self._settle(a, balance, ts)
-            out.status[i] = L.S_RATED
-            out.new_state[i] = st.a_state[a]
+            st.a_year_end[a] = L.NONE
+        if calendar is None and after.thresholds is None:
+            self._set_prorated(a, None)
+        self._baseline(batch, i, m)
+        out.year[i], out.year_end[i] = st.a_year[a], st.a_year_end[a]
         touched = {(ln.tariff_id, ln.version, ln.key) for ln in rating.lines}
         totals = {k: after.totals[k] for k in touched}
-        return self._python_outcome(i, m, a, balance, year, rating.lines, totals, change, why)
+        out.regs[i] = int(slot_wh is not None and all(not ln.apportioned for ln in rating.lines))
+        if st.a_type[a] == L.ACCOUNT_UNBILLED:
+            out.status[i] = L.S_UNBILLED
+            return self._python_outcome(m, a, out, i, rating.lines, totals, None, why)
+        out.amount[i] = rating.amount
+        change = self._settle(a, st.a_balance[a] - rating.amount, ts)
+        out.status[i] = L.S_RATED
+        out.balance[i], out.new_state[i] = st.a_balance[a], st.a_state[a]
+        return self._python_outcome(m, a, out, i, rating.lines, totals, change, why)
+
+    def _slot_deltas(
+        self, batch: L.Batch, i: int, m: int, delta: int, span: int
+    ) -> dict[int, int] | None:
+        """Per-tariff register deltas (gateway.charging's rule): all four in both
+        readings, a rollover added, none falling, their sum within the registers'
+        resolution of the total; else None."""
+        st = self.state
+        out: dict[int, int] = {}
+        for j in range(L.NREG):
+            cur, prev = batch.r_reg[i * L.NREG + j], st.m_reg[m * L.NREG + j]
+            if cur < 0 or prev < 0:
+                return None
+            d = cur - prev
+            if d < 0:
+                d += span
+            if d < 0:
+                return None
+            out[j + 1] = d
+        if abs(sum(out.values()) - delta) > st.m_reg_tol[m]:
+            return None
+        return out
+
+    def _thresholds_at(self, a: int, t: int, t0: datetime) -> None:
+        """The account's prorated thresholds for an interval starting at ``t0`` (the
+        calendar's rule), and the stretch they hold for (its billing year and version)."""
+        assert self.calendar is not None
+        st = self.state
+        tariff = self.tables.tariff_ids[t]
+        self._set_prorated(a, self.calendar.thresholds(self.book, tariff, self._opened[a], t0))
+        begin, end = self.calendar.bounds(t0)
+        window = self.tables.version_window(t, to_us(t0))
+        if window is None:
+            st.a_thr_from[a], st.a_thr_to[a], st.a_thr_tariff[a] = 0, 0, -1
+            return
+        st.a_thr_from[a] = max(to_us(begin), window[0])
+        st.a_thr_to[a] = min(to_us(end), window[1])
+        st.a_thr_tariff[a] = t
 
     def _baseline(self, batch: L.Batch, i: int, m: int) -> None:
         st = self.state
@@ -556,25 +651,26 @@ class BatchRater:
 
     def _python_outcome(
         self,
-        i: int,
         m: int,
         a: int,
-        balance: int,
-        year: int,
+        out: L.Out,
+        i: int,
         lines: tuple[ChargeLine, ...],
         totals: Mapping[SegmentKey, Running],
         change: StateChange | None,
         why: str,
         error: str | None = None,
     ) -> Outcome:
+        year_end = out.year_end[i]
         return Outcome(
             self.meters[m],
             self.accounts[a],
             0,  # set by the result
             "",
-            sum(line.amount for line in lines),
-            balance,
-            year,
+            out.amount[i],
+            out.balance[i],
+            out.year[i],
+            None if year_end in (L.NONE, L.UNKNOWN) else from_us(year_end),
             lines,
             totals,
             change,
@@ -629,6 +725,7 @@ class BatchRater:
                 _STATES[out.new_state[i]],
                 out.balance[i],
             )
+        year_end = out.year_end[i]
         return Outcome(
             meter,
             account,
@@ -637,6 +734,7 @@ class BatchRater:
             out.amount[i],
             out.balance[i],
             out.year[i],
+            None if year_end in (L.NONE, L.UNKNOWN) else from_us(year_end),
             tuple(lines),
             totals,
             change,

@@ -49,6 +49,7 @@ __all__ = [
     "S_NO_TARIFF",
     "S_RATED",
     "S_UNBILLED",
+    "UNKNOWN",
     "Batch",
     "Out",
     "State",
@@ -58,6 +59,9 @@ __all__ = [
 
 NONE = 2**63 - 1
 """No time (no yearly reset set): the largest int64."""
+UNKNOWN = -(2**63)
+"""A yearly reset not known yet (the smallest int64): every interval reaches it, so the
+kernel hands the reading to Python, which works the reset out."""
 NREG = 4
 """Per-tariff energy registers per meter (DL/T 645 00010100..00010400: slots 1..4)."""
 MAX_TIERS = 8
@@ -140,11 +144,20 @@ class State:
         self.m_reg = zeros(0)  #: [m * NREG + j] last per-tariff register, -1 absent
         self.m_cum = zeros(0)  #: [m * nseg + g] cumulative energy rated
         self.m_posted = zeros(0)  #: [m * nseg + g] cumulative amount posted
+        #: [m] registers are not used when their sum strays further from the total
+        self.m_reg_tol = zeros(0)
         self.a_year = zeros(0)  #: [a] billing-year energy, Wh
         self.a_thr_set = zeros(0)  #: [a] 1: prorated thresholds in a_thr, 0: the tariff's
         self.a_nthr = zeros(0)  #: [a] how many prorated thresholds (> MAX_TIERS: Python)
         self.a_thr = zeros(0)  #: [a * MAX_TIERS + k]
-        self.a_year_end = zeros(0)  #: [a] yearly tier reset, us; NONE: not set
+        #: [a] the thresholds hold for intervals starting in [a_thr_from, a_thr_to) (the
+        #: billing year and tiered version they were prorated for), on tariff a_thr_tariff
+        #: (-1: any); outside, Python works them out
+        self.a_thr_from = zeros(0)
+        self.a_thr_to = zeros(0)
+        self.a_thr_tariff = zeros(0)
+        #: [a] yearly tier reset, us; NONE: never; UNKNOWN: Python works it out
+        self.a_year_end = zeros(0)
         self.a_balance = zeros(0)  #: [a]
         self.a_alarm1 = zeros(0)
         self.a_alarm2 = zeros(0)
@@ -181,6 +194,7 @@ class Out:
         self.new_state = zeros(n)
         self.regs = zeros(n)  #: 1: energy split by the per-tariff registers
         self.year = zeros(n)  #: the account's billing-year energy after it
+        self.year_end = zeros(n)  #: and its yearly reset after it (us, NONE, UNKNOWN)
         self.span = zeros(n)  #: the rated interval's length, us
         self.used = zeros(1)
         self.l_reading = zeros(lines)

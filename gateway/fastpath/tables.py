@@ -154,6 +154,20 @@ class TableBuilder:
         tb.v_tl_end.append(0)
         tb.v_regkey.extend(regkey)
 
+    def version_window(self, t: int, at_us: int) -> tuple[int, int] | None:
+        """[effective, next effective) in us of tariff ``t``'s version in force at
+        ``at_us`` (the next: 2**63 - 1 when none); None before its first version."""
+        tb = self.tables
+        first, count = tb.t_ver_start[t], tb.t_ver_count[t]
+        found = None
+        for v in range(first, first + count):
+            if tb.v_eff[v] <= at_us:
+                found = v
+        if found is None:
+            return None
+        end = tb.v_eff[found + 1] if found + 1 < first + count else 2**63 - 1
+        return tb.v_eff[found], end
+
     def cover(self, lo_us: int, hi_us: int) -> None:
         """Make every time-of-use timeline cover [lo_us, hi_us] (at most
         :data:`MAX_SPAN_DAYS` back from ``hi_us``); kept while later batches fit."""
