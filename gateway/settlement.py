@@ -11,9 +11,10 @@ for the yearly record 00:00 local of ``billing.year_start``) and holds, per acco
   reconciliation can re-add it from the ledger exactly;
 - the **tariff** id and the version in force at the moment;
 - per meter of the account (configured, or recorded by the lifecycle: replacements and
-  removed meters), its status and ratio, its last journaled forward register (x ratio) at
-  or before the moment, and its settlement freeze (DL/T 645 0001FF01, or that day's daily
-  freeze; read from 00:05) when one is journaled by the time the snapshot is taken;
+  removed meters), its status and ratio, its last journaled registers (x ratio: forward
+  total, and the others the reading holds) at or before the moment, and its settlement
+  freeze (DL/T 645 0001FF01, or that day's daily freeze; read from 00:05) when one is
+  journaled by the time the snapshot is taken;
 - for the yearly record, ``year_wh``: the account's billing-year tier total of the year
   that ended, when it is exactly known (no rated interval ended after the moment: the
   charger resets the total at the first reading past it); None otherwise.
@@ -27,7 +28,7 @@ energy in Wh x ratio.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -57,6 +58,18 @@ _logger = logging.getLogger(__name__)
 SnapshotKind = Literal["monthly", "yearly"]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ENERGY = int(Quantity.ENERGY_IMPORT)
+_REGISTERS = frozenset(
+    int(q)
+    for q in (
+        Quantity.ENERGY_IMPORT,
+        Quantity.ENERGY_EXPORT,
+        Quantity.ENERGY_COMBINED,
+        Quantity.ENERGY_T1,
+        Quantity.ENERGY_T2,
+        Quantity.ENERGY_T3,
+        Quantity.ENERGY_T4,
+    )
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +82,9 @@ class MeterSnapshot:
     ts_ms: int | None  #: time of its last reading at or before the moment (None: none)
     energy_wh: int | None  #: that reading's forward register x ratio
     freeze_wh: int | None  #: its settlement (or daily) freeze of the day, when journaled
+    #: every energy register of that reading (Quantity code -> Wh x ratio: forward,
+    #: reverse, combined, per-tariff 1-4), as journaled
+    registers: dict[int, int] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +153,18 @@ def snapshots(db: Database, kind: SnapshotKind, period: str) -> list[Snapshot]:
 
 def _decode(row: tuple[Any, ...]) -> Snapshot:
     kind, period, account, at, taken, balance, ledger_id, tariff, version, year, blob = row
-    meters = tuple(MeterSnapshot(*m) for m in cbor2.loads(blob))
+    meters = tuple(
+        MeterSnapshot(
+            str(m[0]),
+            str(m[1]),
+            int(m[2]),
+            m[3],
+            m[4],
+            m[5],
+            {int(k): int(v) for k, v in m[6].items()},
+        )
+        for m in cbor2.loads(blob)
+    )
     return Snapshot(
         kind, period, account, at, taken, balance, ledger_id, tariff, version, year, meters
     )
@@ -245,6 +272,7 @@ def _meter(
 ) -> MeterSnapshot:
     ts: int | None = None
     energy: int | None = None
+    registers: dict[int, int] = {}
     rows = db.execute(
         "SELECT r.ts_ms, r.vals FROM readings r JOIN meters m ON m.id = r.meter"
         " WHERE m.name = ? AND r.ts_ms <= ? ORDER BY r.id DESC",
@@ -254,6 +282,7 @@ def _meter(
         values = cbor2.loads(vals) if vals else {}
         if _ENERGY in values:
             ts, energy = int(row_ts), int(values[_ENERGY])
+            registers = {int(k): int(v) for k, v in values.items() if int(k) in _REGISTERS}
             break
     day = at.astimezone(ZoneInfo(config.timezone)).date().isoformat()
     freeze: int | None = None
@@ -267,7 +296,7 @@ def _meter(
         if _ENERGY in values:
             freeze = int(values[_ENERGY])
             break
-    return MeterSnapshot(meter, status, ratio, ts, energy, freeze)
+    return MeterSnapshot(meter, status, ratio, ts, energy, freeze, registers)
 
 
 def _year_wh(
@@ -291,7 +320,10 @@ def _year_wh(
 
 
 def _store(db: Database, snap: Snapshot) -> None:
-    meters = [[m.meter, m.status, m.ratio, m.ts_ms, m.energy_wh, m.freeze_wh] for m in snap.meters]
+    meters = [
+        [m.meter, m.status, m.ratio, m.ts_ms, m.energy_wh, m.freeze_wh, m.registers]
+        for m in snap.meters
+    ]
     db.execute(
         "INSERT INTO settlements (kind, period, account, at_ms, taken_ms, balance, ledger_id,"
         " tariff, tariff_version, year_wh, meters) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
