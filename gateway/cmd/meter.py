@@ -131,18 +131,13 @@ def _at(text: str | None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gateway.charging import Charger
     from gateway.config import load_config
     from gateway.store import Store
 
     config = load_config(args.config)
     store = Store.open(args.store or config.store.path, gateway_id=config.gateway_id)
     try:
-        charger = Charger(store.writer, config)
-        try:
-            result = _act(args, config, store, charger)
-        finally:
-            charger.close()
+        result = _act(args, config, store)
     finally:
         store.close()
     out = _plain(result)
@@ -164,8 +159,9 @@ def _plain(result: Any) -> Any:
     return out
 
 
-def _act(args: argparse.Namespace, config: Any, store: Any, charger: Any) -> Any:
+def _act(args: argparse.Namespace, config: Any, store: Any) -> Any:
     from gateway import lifecycle
+    from gateway.billing import BillingYear, TariffBook
     from gateway.errors import LifecycleRefused
     from gateway.protocols.quantities import Quantity, Reading
     from gateway.store.meters import meter_records, record_of
@@ -175,9 +171,9 @@ def _act(args: argparse.Namespace, config: Any, store: Any, charger: Any) -> Any
         return store.writer.call(meter_records).result(60)
     meter = args.meter
     ts_ms = _at(getattr(args, "at", None))
-    book, calendar = charger.book, charger.calendar
+    book, calendar = TariffBook.from_config(config), BillingYear.from_config(config)
     record = store.writer.call(lambda db: record_of(db, meter)).result(60)
-    billing = charger.billing.get(meter) or lifecycle.billing_of(config, meter, record)
+    billing = lifecycle.billing_of(config, meter, record)
 
     def reading(of: str, wh: int) -> Reading:
         return Reading(of, ts_ms, {Quantity.ENERGY_IMPORT: wh})
