@@ -230,8 +230,8 @@ def billing_of(config: GatewayConfig, meter: str, record: MeterRecord | None) ->
     and ratio; a meter with no account is the vacancy account's at
     ``billing.vacancy_tariff``.  None: not billed (no tariff)."""
     m = next((x for x in config.meters if x.id == meter), None)
-    if m is None and record is None:
-        return None
+    if (m is None and record is None) or (m is not None and m.role == "gate"):
+        return None  # unknown, or an area's gate meter (关口表): never billed
     account_id = record.account if record is not None else m.account if m is not None else None
     ratio = record.ratio if record is not None else m.ratio if m is not None else 1
     account = next((a for a in config.accounts if a.id == account_id), None)
