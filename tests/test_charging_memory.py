@@ -388,3 +388,21 @@ def test_reload_while_buses_charge_and_listeners_call_back(bench: Bench) -> None
     assert c.balance("P") == bench.disk_balance("P") == -10_000
     assert any(call.startswith("A:may_close") for call in calls)
     assert c.state("A") == PrepaidState.ALARM1  # closed from inside the listener; <= 10 yuan
+
+
+def test_a_meter_removed_in_the_store_is_not_charged_and_the_cache_follows(bench: Bench) -> None:
+    from gateway.store.meters import MeterRecord, set_record
+
+    c = bench.charger
+    c.submit(reading("m1", 0, 0))
+    c.submit(reading("m1", 60, 100))  # 1000
+    assert c.wait_idle(10) and c.balance("A") == -1_000
+    # a lifecycle operation marks m1 removed; the charger has not been told yet
+    record = MeterRecord("m1", "A", "removed", 1, T0 + 61_000, reason="test")
+    c.writer.call(lambda db: set_record(db, record), durable=True).result(10)
+    c.submit(reading("m1", 120, 300))  # rated in memory, but the store refuses to charge it
+    wait_for(lambda: "m1" not in c.billing, 10, "the cache reloaded")
+    assert c.wait_idle(10)
+    assert c.balance("A") == bench.disk_balance("A") == -1_000
+    assert c.meters_of("A") == ("m2",) and c.account_of("m1") is None
+    assert bench.sql("SELECT count(*) FROM readings") == [(3,)]  # stored all the same

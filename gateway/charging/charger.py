@@ -41,6 +41,7 @@ from gateway.store.ledger import (
     journal_with_charges,
     post_charges,
 )
+from gateway.store.meters import chargeable
 from gateway.store.writer import StoreWriter
 
 __all__ = ["Charger", "Listener"]
@@ -128,6 +129,7 @@ class Charger:
         self._written: dict[tuple[str, str], int] = {}  # writer thread only
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="charger")
         self._closed = False
+        self._stale = False  # a reading met a meter the store no longer charges
         self.posted = 0
         self.failed = 0  # transactions that failed (each retried or lost)
         self.retried = 0
@@ -272,6 +274,11 @@ class Charger:
     def _write(self, db: Database, job: _Job) -> Charged:
         reading, billing, rated = job.reading, job.billing, job.rated
         position, _ = journal_with_charges(db, reading, ())
+        if not chargeable(db, billing.meter):
+            # removed, replaced or held since the cache was loaded (a lifecycle operation
+            # ran before this): stored, not charged; the cache is reloaded
+            self._stale = True
+            return Charged(position, ())
         if rated.state is not None and self._newest(("meter", billing.meter), job.gen):
             s = rated.state
             save_state(db, s.meter, s.last_ts_ms, s.last_energy_wh, s.totals, s.slots)
@@ -309,6 +316,10 @@ class Charger:
             self.posted += 1
             self._finish()
             job.result.set_result(charged)  # type: ignore[arg-type]
+            if self._stale and not self._closed:
+                self._stale = False
+                with contextlib.suppress(RuntimeError):
+                    self._executor.submit(self._reload_quietly)
             return
         self.failed += 1
         job.attempt += 1
