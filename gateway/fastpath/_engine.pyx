@@ -227,7 +227,17 @@ def rate_batch(tb, st, bt, out, Py_ssize_t start):
     cdef long long[:] l_t1 = out.l_t1
     cdef long long[:] l_cum = out.l_cum
     cdef long long[:] l_posted = out.l_posted
-    if n > r_meter.shape[0] or n > o_status.shape[0] or start < 0:
+    cdef Py_ssize_t cap = l_seg.shape[0]
+    if (
+        start < 0 or n > r_meter.shape[0] or n > r_ts.shape[0] or n > r_energy.shape[0]
+        or n > r_flags.shape[0] or n * NREG > r_reg.shape[0] or n > o_status.shape[0]
+        or n > o_amount.shape[0] or n > o_line0.shape[0] or n > o_nline.shape[0]
+        or n > o_balance.shape[0] or n > o_old_state.shape[0] or n > o_new_state.shape[0]
+        or n > o_regs.shape[0] or n > o_year.shape[0] or n > o_year_end.shape[0]
+        or n > o_span.shape[0] or l_reading.shape[0] != cap or l_energy.shape[0] != cap
+        or l_price.shape[0] != cap or l_amount.shape[0] != cap or l_t0.shape[0] != cap
+        or l_t1.shape[0] != cap or l_cum.shape[0] != cap or l_posted.shape[0] != cap
+    ):
         raise ValueError("rate_batch: arrays shorter than the batch")
     # The GIL is kept: the batch is a few microseconds, and holding it keeps the
     # kernel atomic against Python code changing the same arrays (a top-up, say).

@@ -145,6 +145,18 @@ def rate_batch(tb: Tables, st: State, bt: Batch, out: Out, start: int) -> int:
     nseg = tb.nseg
     nl = out.used[0]
     cap = len(out.l_seg)
+    n = bt.n
+    per_reading = [bt.r_meter, bt.r_ts, bt.r_energy, bt.r_flags, out.status, out.amount]
+    per_reading += [out.line0, out.nline, out.balance, out.old_state, out.new_state]
+    per_reading += [out.regs, out.year, out.year_end, out.span]
+    lines = (out.l_reading, out.l_energy, out.l_price, out.l_amount, out.l_t0, out.l_t1)
+    if (
+        start < 0
+        or any(len(arr) < n for arr in per_reading)
+        or len(bt.r_reg) < n * NREG
+        or any(len(arr) != cap for arr in (*lines, out.l_cum, out.l_posted))
+    ):
+        raise ValueError("rate_batch: arrays shorter than the batch")
     p_key = [0] * MAX_PARTS
     p_energy = [0] * MAX_PARTS
     p_t0 = [0] * MAX_PARTS

@@ -120,7 +120,7 @@ _REGISTER_STEP_WH = 10
 """A DL/T 645 tariff register holds whole 10 Wh: registers summing further than this
 x ratio x 4 from the total are not used (gateway.charging's rule)."""
 _MIN = -(2**63)
-_NO_REGISTERS = array("q", [-1] * L.NREG)
+_NO_REGISTERS = [-1] * L.NREG
 _STATES = [PrepaidState(s) for s in L.STATES]
 
 
@@ -161,6 +161,21 @@ class BatchResult(Sequence[Outcome]):
         self.out = out  #: the kernel's arrays
         self._python = python  #: outcomes of readings rated in Python
         self._cache: dict[int, Outcome] = {}
+        self._columns: dict[str, list[int]] | None = None
+        self._times: dict[int, datetime] = {}
+
+    def columns(self) -> dict[str, list[int]]:
+        """The kernel's arrays as lists (indexing a list is cheaper), made once."""
+        if self._columns is None:
+            self._columns = {name: arr.tolist() for name, arr in vars(self.out).items()}
+        return self._columns
+
+    def when(self, us: int) -> datetime:
+        """``from_us``, remembered (a line's end is often the next line's start)."""
+        got = self._times.get(us)
+        if got is None:
+            got = self._times[us] = from_us(us)
+        return got
 
     def __len__(self) -> int:
         return len(self._meters)
@@ -486,28 +501,35 @@ class BatchRater:
 
     def rate(self, readings: Sequence[Reading]) -> BatchResult:
         """Rate ``readings`` (1..N, any meters, in order); the outcome of each."""
-        n = len(readings)
-        batch = L.Batch(n)
         index = self.meter_index
-        for i, reading in enumerate(readings):
-            batch.r_meter[i] = index[reading.meter]
-            batch.r_ts[i] = reading.ts_ms
+        batch = L.Batch(0)
+        batch.n = len(readings)
+        batch.r_meter = array("q", [index[r.meter] for r in readings])
+        batch.r_ts = array("q", [r.ts_ms for r in readings])
+        batch.r_flags = array("q", [r.flags for r in readings])
+        energies: list[int] = []
+        registers: list[int] = []
+        energy_q, first_q = Quantity.ENERGY_IMPORT, _REGISTERS[0]
+        for reading in readings:
             values = reading.values
-            energy = values.get(Quantity.ENERGY_IMPORT)
-            batch.r_energy[i] = -1 if energy is None or energy < 0 else energy
-            batch.r_flags[i] = reading.flags
-            if _REGISTERS[0] in values:
+            energy = values.get(energy_q)
+            energies.append(-1 if energy is None or energy < 0 else energy)
+            if first_q in values:
                 regs = [values.get(q, -1) for q in _REGISTERS]
                 if min(regs) >= 0:
-                    batch.r_reg[i * L.NREG : i * L.NREG + L.NREG] = array("q", regs)
+                    registers += regs
                     continue
-            batch.r_reg[i * L.NREG : i * L.NREG + L.NREG] = _NO_REGISTERS
+            registers += _NO_REGISTERS
+        batch.r_energy = array("q", energies)
+        batch.r_reg = array("q", registers)
         return self.rate_arrays(batch)
 
     def rate_arrays(self, batch: L.Batch) -> BatchResult:
         """Rate a batch given as arrays (meter indexes of :attr:`meter_index`)."""
         n = batch.n
         st = self.state
+        if n and not 0 <= min(batch.r_meter[:n]) <= max(batch.r_meter[:n]) < len(self.meters):
+            raise ValueError("rate_arrays: a meter index out of range")
         if n:
             lo = hi = batch.r_ts[0]
             for i in range(n):
@@ -679,26 +701,30 @@ class BatchRater:
         )
 
     def _outcome(self, result: BatchResult, i: int) -> Outcome:
-        """The outcome of reading ``i`` that the kernel rated, from its arrays."""
-        out = result.out
+        """The outcome of reading ``i`` from the kernel's arrays (as lists)."""
+        col = result.columns()
         m = result._meters[i]
         ts = result._ts[i]
         st = self.state
-        code = out.status[i]
-        t = st.m_tariff[m]
-        account = self.accounts[st.m_account[m]] if t >= 0 else None
+        code = col["status"][i]
         python = result._python.get(i)
         if python is not None:
             return _fill(python, ts, STATUS[code])
+        account = self.accounts[st.m_account[m]] if code != L.S_NOT_CHARGED else None
         lines: list[ChargeLine] = []
         totals: dict[SegmentKey, Running] = {}
-        regs = bool(out.regs[i])
+        regs = bool(col["regs"][i])
         segments = self.tables.segments
-        estimated = self._max_gap_us is not None and not regs and out.span[i] > self._max_gap_us
+        gap = self._max_gap_us
+        estimated = gap is not None and not regs and col["span"][i] > gap
         meter = self.meters[m]
-        for k in range(out.line0[i], out.line0[i] + out.nline[i]):
-            key = segments[out.l_seg[k]]
-            t0, t1 = out.l_t0[k], out.l_t1[k]
+        when = result.when
+        l_seg, l_t0, l_t1 = col["l_seg"], col["l_t0"], col["l_t1"]
+        l_energy, l_price, l_amount = col["l_energy"], col["l_price"], col["l_amount"]
+        l_cum, l_posted = col["l_cum"], col["l_posted"]
+        first = col["line0"][i]
+        for k in range(first, first + col["nline"][i]):
+            key = segments[l_seg[k]]
             lines.append(
                 ChargeLine(
                     meter,
@@ -706,35 +732,30 @@ class BatchRater:
                     key[0],
                     key[1],
                     key[2],
-                    from_us(t0),
-                    from_us(t1),
-                    out.l_energy[k],
-                    out.l_price[k],
-                    out.l_amount[k],
+                    when(l_t0[k]),
+                    when(l_t1[k]),
+                    l_energy[k],
+                    l_price[k],
+                    l_amount[k],
                     estimated,
                     not regs,
                 )
             )
-            totals[key] = Running(out.l_cum[k], out.l_posted[k])
+            totals[key] = Running(l_cum[k], l_posted[k])
         change = None
-        if out.old_state[i] != out.new_state[i] and account is not None:
-            change = StateChange(
-                account,
-                ts,
-                _STATES[out.old_state[i]],
-                _STATES[out.new_state[i]],
-                out.balance[i],
-            )
-        year_end = out.year_end[i]
+        old, new, balance = col["old_state"][i], col["new_state"][i], col["balance"][i]
+        if old != new and account is not None:
+            change = StateChange(account, ts, _STATES[old], _STATES[new], balance)
+        year_end = col["year_end"][i]
         return Outcome(
             meter,
             account,
             ts,
             STATUS[code],
-            out.amount[i],
-            out.balance[i],
-            out.year[i],
-            None if year_end in (L.NONE, L.UNKNOWN) else from_us(year_end),
+            col["amount"][i],
+            balance,
+            col["year"][i],
+            None if year_end in (L.NONE, L.UNKNOWN) else when(year_end),
             tuple(lines),
             totals,
             change,
