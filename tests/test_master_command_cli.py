@@ -79,8 +79,8 @@ def test_a_signed_top_up_through_the_cli(broker: Mosquitto, tmp_path: Path) -> N
     key = tmp_path / "keys" / "master-command.key"
     keys(tmp_path / "forger")
     forged = tmp_path / "forger" / "master-command.key"
-    top_up = ("--kind", "top-up", "--arg", "account=A", "--arg", f"amount={AMOUNT}")
-    top_up += ("--text", "top_up_id=T-100", "--timeout", "20")
+    top_up = ("--kind", "top-up", "--text", "account=A", "--arg", f"amount={AMOUNT}")
+    top_up += ("--arg", "top_up_id=9100", "--timeout", "20")  # digits: still an id
     with gateway(tmp_path / "gw", broker, public, ManualClock(START)) as rt:
         before = state(rt)
         done = cli(*send(broker, key, *top_up))
@@ -88,6 +88,7 @@ def test_a_signed_top_up_through_the_cli(broker: Mosquitto, tmp_path: Path) -> N
         line = done.stdout.strip()
         assert line.startswith("OK top-up "), line
         assert f"balance={(before[0] or 0) + AMOUNT}" in line
+        assert 'top_up_id="9100"' in line
         assert state(rt) == ((before[0] or 0) + AMOUNT, before[1] + 1, before[2] + 1)
 
         # A new command with the same top-up id: OK, the ledger's original entry.

@@ -123,6 +123,8 @@ def _arg(
         return default
     if value is None and default is None:
         return None
+    if kind is str and type(value) is int:
+        return str(value)  # an id written as digits (``--arg account=101``) is still an id
     if type(value) is not kind:
         raise _bad(f"argument {name!r} must be {kind.__name__}, not {type(value).__name__}")
     return value
