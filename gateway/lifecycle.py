@@ -1,5 +1,5 @@
-"""Meter lifecycle (domain.md, "Meter lifecycle" and "the hard cases"): remove, replace,
-change the CT ratio, settle a dead meter, confirm a meter whose number changed.
+"""Meter lifecycle (domain.md, "Meter lifecycle" and "the hard cases"): add, remove,
+replace, change the CT ratio, settle a dead meter, confirm a meter whose number changed.
 
 Each function runs inside ONE store-writer transaction the caller owns and takes its
 Database (``writer.call(lambda db: remove_meter(db, ...), durable=True)``): the final
@@ -10,6 +10,8 @@ In a running gateway a reading of the meter rated in memory between the transact
 that reload would still be charged on the old state: poll the meter no more meanwhile
 (or hold the charger's lock across both).
 
+- :func:`add_meter` (加表): the start reading is the baseline and the account and ratio
+  are recorded; a meter removed before may go to another account.
 - :func:`remove_meter`: the final reading is rated and charged
   (:func:`gateway.charging.post_reading`), the meter is recorded *removed* (never charged
   again) and, with ``refund=True``, a positive balance of its account is paid back by a
@@ -78,6 +80,7 @@ __all__ = [
     "DeadMeterResult",
     "RemovalResult",
     "ReplacementResult",
+    "add_meter",
     "billing_of",
     "change_ct",
     "confirm_meter",
@@ -592,6 +595,53 @@ def settle_dead_meter(
         reason,
         done.entries,
     )
+
+
+# --- add -----------------------------------------------------------------------------------
+
+
+def add_meter(
+    db: Database,
+    meter: str,
+    initial: Reading,
+    *,
+    billing: Billing,
+    reason: str,
+    ts_ms: int,
+    operator: str = "",
+    reference: str | None = None,
+) -> MeterRecord:
+    """Add ``meter`` (加表) to ``billing.account`` with ``billing.ratio``: ``initial`` (its
+    start register x ratio, read at installation) is its baseline, nothing is charged up
+    to it.  A meter removed before may be added again (to any account): its rounding
+    accumulators start afresh.  A meter in service is refused; one polled already keeps
+    its newer baseline."""
+    if not reason.strip():
+        raise LifecycleRefused("adding a meter needs a reason")
+    if billing.meter != meter or initial.meter != meter:
+        raise LifecycleRefused(f"billing and reading must be meter {meter}'s")
+    initial_wh = _energy(initial, "the start reading")
+    record = record_of(db, meter)
+    state = load_state(db, meter)
+    in_service = record is not None and record.status in _OPEN
+    if in_service or (record is None and state is not None and state.last_ts_ms > initial.ts_ms):
+        raise LifecycleRefused(f"meter {meter} is in service already")
+    ref = _begin(db, "add", meter, ts_ms, reference)
+    journal_with_charges(db, initial, ())
+    save_state(db, meter, initial.ts_ms, initial_wh, {})
+    added = MeterRecord(meter, billing.account, "active", billing.ratio, ts_ms, reason=reason)
+    set_record(db, added)
+    detail = {"account": billing.account, "initial_wh": initial_wh, "ratio": billing.ratio}
+    _log(db, ref, "add", meter, ts_ms, {**detail, "reason": reason, "operator": operator})
+    _logger.info(
+        "meter %s added to account %s: ratio %d, start %d Wh (%s)",
+        meter,
+        billing.account,
+        billing.ratio,
+        initial_wh,
+        reason,
+    )
+    return added
 
 
 # --- number changed without a work order --------------------------------------------------

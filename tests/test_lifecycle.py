@@ -21,6 +21,7 @@ from gateway.errors import LifecycleRefused, StoreError
 from gateway.lifecycle import (
     DeadMeterResult,
     RemovalResult,
+    add_meter,
     billing_of,
     change_ct,
     confirm_meter,
@@ -391,3 +392,46 @@ def test_the_charger_holds_and_resumes_with_the_records(bench: Bench) -> None:
     charger.reload()
     submit(240, 10_000)  # 3 kWh since the new meter's first reading: 25_500
     assert charger.balance("A") == -34_000 == bench.balance("A")
+
+
+def test_a_removed_meter_added_to_another_account(bench: Bench) -> None:
+    bench.post("m2", 0, 0)
+    assert bench.post("m2", 60, 1_001) == 8_509  # account A
+    remove(bench, "m2", 120, 1_001)
+
+    def add(account: str, seconds: int, wh: int) -> MeterRecord:
+        billing = bench.billing("m2", account=account, tariff="res")
+        start = reading("m2", seconds, wh)
+        return bench.run(
+            lambda db: add_meter(
+                db, "m2", start, billing=billing, reason="new tenant", ts_ms=ms(seconds)
+            )
+        )
+
+    assert add("R", 600, 5_000) == MeterRecord("m2", "R", "active", 1, ms(600), reason="new tenant")
+    with pytest.raises(LifecycleRefused, match="in service"):
+        add("R", 700, 6_000)
+    # charged to R (tiered, first tier 0.5283) from the start reading, afresh:
+    # 1001 Wh x 5283 / 1000 = 5288.283 -> 5288
+    billing = bench.billing("m2", account="R", tariff="res")
+    assert bench.post("m2", 900, 6_001, billing=billing) == 5_288
+    assert bench.balance("R") == -5_288 and bench.balance("A") == -8_509
+
+
+def test_cli_adds_a_meter(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path, cfg = tmp_path / "gw.db", tmp_path / "gw.yaml"
+    cfg.write_text(config_yaml())
+    Bench(path).close()
+    at = START.isoformat()
+    add = ["meter", "add", "--config", str(cfg), "--store", str(path), "--at", at, "--json"]
+    assert main([*add, "m1", "--initial-kwh", "12.34", "--ratio", "60", "--reason", "new"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["meter"], out["account"], out["ratio"], out["status"]) == ("m1", "A", 60, "active")
+    bench = Bench(path)
+    try:
+        state = bench.run(lambda db: load_state(db, "m1"))
+        assert state is not None and state.last_energy_wh == 12_340 * 60
+    finally:
+        bench.close()
+    assert main([*add, "m1", "--initial-kwh", "13", "--reason", "again"]) == 2
+    assert "in service" in capsys.readouterr().err

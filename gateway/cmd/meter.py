@@ -2,6 +2,8 @@
 
 ::
 
+    gateway meter add     --config GW.yaml [--store PATH] METER --initial-kwh 12.34
+                          [--account ID] [--ratio N] --reason TEXT
     gateway meter remove  --config GW.yaml [--store PATH] METER --final-kwh 1234.56
                           --reason TEXT [--refund] [--operator NAME] [--at ISO]
     gateway meter replace --config GW.yaml [--store PATH] OLD NEW (--final-kwh X | --dead)
@@ -35,6 +37,7 @@ from typing import Any
 __all__ = ["configure", "run"]
 
 _ACTIONS = {
+    "add": "add a meter to an account: its start register is the baseline",
     "remove": "remove a meter: final reading charged, optional refund of the balance",
     "replace": "replace a meter: final reading of the old, baseline of the new, tiers carried",
     "ct": "change a meter's CT ratio: final at the old ratio, baseline at the new",
@@ -59,11 +62,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         if name != "confirm":
             p.add_argument("--at", metavar="ISO", help="when (ISO time with offset; default now)")
         p.add_argument("--reason", required=True, help="why (kept with the record)")
-        if name in ("remove", "replace", "ct"):
+        if name == "add":
+            p.add_argument("--account", help="the account (default: the config's)")
+            p.add_argument("--ratio", type=int, help="CT x PT (default: the config's)")
+        if name in ("add", "remove", "replace", "ct"):
             p.add_argument("--operator", default="", help="who did it")
         if name in ("remove", "replace", "ct", "dead"):
             p.add_argument("--final-kwh", metavar="KWH", help="final register on the display")
-        if name in ("replace", "ct"):
+        if name in ("add", "replace", "ct"):
             p.add_argument("--initial-kwh", metavar="KWH", help="the new register on the display")
         if name == "remove":
             p.add_argument(
@@ -164,7 +170,7 @@ def _act(args: argparse.Namespace, config: Any, store: Any) -> Any:
     from gateway.billing import BillingYear, TariffBook
     from gateway.errors import LifecycleRefused
     from gateway.protocols.quantities import Quantity, Reading
-    from gateway.store.meters import meter_records, record_of
+    from gateway.store.meters import MeterRecord, meter_records, record_of
 
     action = args.meter_command
     if action == "list":
@@ -181,6 +187,26 @@ def _act(args: argparse.Namespace, config: Any, store: Any) -> Any:
     def call(fn: Any) -> Any:
         return store.writer.call(fn, durable=True).result(60)
 
+    if action == "add":
+        configured = next((m for m in config.meters if m.id == meter), None)
+        account = args.account or (configured.account if configured else None)
+        ratio = args.ratio or (configured.ratio if configured else 1)
+        wanted = MeterRecord(meter, account, "active", ratio, ts_ms)
+        to = lifecycle.billing_of(config, meter, wanted)
+        if to is None:
+            raise LifecycleRefused(f"account {account} has no tariff: nothing to add to")
+        start = reading(meter, _wh(args.initial_kwh, ratio, "--initial-kwh"))
+        return call(
+            lambda db: lifecycle.add_meter(
+                db,
+                meter,
+                start,
+                billing=to,
+                reason=args.reason,
+                ts_ms=ts_ms,
+                operator=args.operator,
+            )
+        )
     if action == "confirm":
         return call(
             lambda db: lifecycle.confirm_meter(
