@@ -173,7 +173,11 @@ def top_up(rt: Runtime, cmd: Command) -> Outcome:
         try:
             result: TopUpResult = charger.top_up(request).result(_TOP_UP_TIMEOUT)
         except FutureTimeout:
-            return failed(cmd, ReasonCode.INTERNAL, "the store did not commit the top-up in time")
+            text = (
+                f"the store did not commit top-up {request.id!r} in {_TOP_UP_TIMEOUT:.0f} s; it"
+                " may still be applied: send it again with the same top_up_id to learn"
+            )
+            return failed(cmd, ReasonCode.INTERNAL, text)
         return _top_up_reply(cmd, request, result, charger.balance(account))
     # No charging: straight to the ledger, in the transaction that records the command.
     limit = rt.config.billing.hoarding_limit
