@@ -205,3 +205,31 @@ def test_tier_thresholds_are_prorated_for_an_account_opened_mid_year(tmp_path: P
         assert c.wait_idle(10)
         # 27475 x 0.5 = 137375 + 2525 x 1.0 = 25250 -> 162625
         assert c.balance("A") == -162_625
+
+
+def test_an_untrusted_clock_far_off_loses_nothing_and_resets_nothing(tmp_path: Path) -> None:
+    from gateway.protocols.quantities import FLAG_TIME_UNTRUSTED
+
+    cfg = config(tiered_account(), meter(1, "A"))
+    with charger(tmp_path / "gw.db", cfg) as c:
+        c.submit(energy("m1", ms(2024, 12, 31, 12), 0))
+        c.submit(energy("m1", ms(2024, 12, 31, 13), 30_000))  # 30000 Wh x 5 = 150000
+        # a reboot without a clock: readings stamped 1970, then 2040 (the poller flags them)
+        for ts, wh in ((0, 31_000), (60_000, 32_000), (ms(2040, 1, 1), 36_000)):
+            r = energy("m1", ts, wh)
+            c.submit(Reading(r.meter, r.ts_ms, r.values, FLAG_TIME_UNTRUSTED))
+        assert c.wait_idle(10)
+        # all 6000 Wh rated at the last trusted time (13:00 on 31 Dec): year 36000, tier 1
+        # (before, the 1970 stamps fell before the tariff and the energy went uncharged)
+        assert c.balance("A") == -180_000
+        # trusted again, still on 31 Dec: 600 Wh more reaches the threshold exactly
+        c.submit(energy("m1", ms(2024, 12, 31, 14), 36_600))
+        assert c.wait_idle(10)
+        assert c.balance("A") == -183_000
+        # and the year resets at its real end, not at 1971 or 2041
+        c.submit(energy("m1", ms(2025, 1, 1, 14), 36_600 + 1_000))
+        # 14:00 -> 14:00 next day, 1000 Wh by time: 10 h (417 Wh) before 00:00 in tier 2
+        # (417 Wh x 10000 / 1000 = 4170), 14 h (583 Wh) after it in tier 1 again
+        # (583 Wh x 5000 / 1000 = 2915)
+        assert c.wait_idle(10)
+        assert c.balance("A") == -183_000 - 4_170 - 2_915

@@ -25,7 +25,10 @@ poller did not flag is a new baseline (no credit); an unbilled account is never 
 (its state and tier total still advance); an interval with no tariff version in force is
 journaled uncharged (logged) and its reading becomes the baseline.  While the clock is
 untrusted a time-of-use tariff is not rated: the baseline stays at the last trusted
-reading and the whole stretch is rated at the first trusted one.  A DL/T 645 meter's
+reading and the whole stretch is rated at the first trusted one; any other tariff rates
+the energy at the last trusted time (the meter's state keeps that time, so a clock far
+off, before or after, neither loses consumption nor crosses a tariff change or the
+yearly tier reset).  A DL/T 645 meter's
 per-tariff registers (0001FF00: tariffs 1-4), when the reading carries all four and they
 agree with the total, give the energy of each time-of-use slot
 (:attr:`~gateway.billing.Interval.slot_wh`); otherwise energy is apportioned by time.  The

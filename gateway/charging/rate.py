@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from types import ModuleType
 
@@ -154,6 +154,9 @@ def rate_reading(
     base = RatingRow(billing.meter, reading.ts_ms, energy, totals, registers)
     if prev is None or reading.flags & FLAG_DISCONTINUITY:
         return Rated("baseline", base)
+    untrusted = bool(reading.flags & FLAG_TIME_UNTRUSTED)
+    if untrusted:  # its time may be anything: the state keeps the last trusted one
+        base = replace(base, last_ts_ms=prev.last_ts_ms)
     delta = energy - prev.last_energy_wh
     span: int | None = None
     if reading.flags & FLAG_ROLLOVER and billing.dlt645:
@@ -162,12 +165,11 @@ def rate_reading(
             delta += span
     if delta < 0:  # a fall the poller did not flag: no credit, a new baseline
         return Rated("baseline", base)
-    if reading.flags & FLAG_TIME_UNTRUSTED and any(
-        isinstance(v, TouTariff) for v in book.versions(billing.tariff)
-    ):
+    if untrusted and any(isinstance(v, TouTariff) for v in book.versions(billing.tariff)):
         return Rated("deferred")  # rated at the first trusted reading
     t0 = when(prev.last_ts_ms)
-    t1 = max(t0, when(reading.ts_ms))
+    # untrusted: the energy is rated at the last trusted time (a zero-length interval)
+    t1 = t0 if untrusted else max(t0, when(reading.ts_ms))
     year_end = year.year_end or calendar.end_of(t0)
     state = MeterState(
         billing.meter,
@@ -186,6 +188,6 @@ def rate_reading(
         return Rated("baseline", base)
     after = rating.state
     new_year = AccountYear(after.year_wh, after.year_end or calendar.end_of(t1))
-    row = RatingRow(billing.meter, reading.ts_ms, energy, dict(after.totals), registers)
+    row = RatingRow(billing.meter, base.last_ts_ms, energy, dict(after.totals), registers)
     amount = 0 if billing.unbilled else rating.amount
     return Rated("rated", row, new_year, rating.lines, amount)
