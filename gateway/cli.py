@@ -29,7 +29,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("gateway.cmd.doctor", "show the installation: fast path, versions"),
     "run": ("gateway.cmd.run", "run the gateway: poll every bus, journal, answer status"),
     "status": ("gateway.cmd.status", "ask a running gateway for its buses and meters"),
-    "master": ("gateway.cmd.master", "run the master station's ingest; show what it stored"),
+    "master": (
+        "gateway.cmd.master",
+        "the master station: ingest, what it stored, command keys, signed commands",
+    ),
     "meter": ("gateway.cmd.meter", "meter work orders: remove, replace, CT change, dead, confirm"),
 }
 
