@@ -6,17 +6,22 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from lifecycle_bench import Bench, config_yaml, ms, reading
 from polling import START
 from sqlite_utils import Database
 
-from gateway.charging import load_state
+from gateway.billing import TariffBook
+from gateway.charging import load_state, post_reading
 from gateway.cli import main
+from gateway.config import GatewayConfig, parse_config
 from gateway.errors import LifecycleRefused, StoreError
 from gateway.lifecycle import (
     DeadMeterResult,
@@ -30,7 +35,7 @@ from gateway.lifecycle import (
     settle_dead_meter,
 )
 from gateway.protocols.quantities import FLAG_DISCONTINUITY
-from gateway.store.ledger import check_balances, journal_with_charges
+from gateway.store.ledger import balance_of, check_balances, journal_with_charges, sync_accounts
 from gateway.store.meters import (
     MeterRecord,
     chargeable,
@@ -435,3 +440,58 @@ def test_cli_adds_a_meter(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         bench.close()
     assert main([*add, "m1", "--initial-kwh", "13", "--reason", "again"]) == 2
     assert "in service" in capsys.readouterr().err
+
+
+# --- property: a replacement changes nothing in what the account pays ---------------------
+
+
+def fresh_db(bench_config: GatewayConfig) -> Database:
+    db = Database(memory=True)
+    JOURNAL.apply(db, T0)
+    sync_accounts(db, bench_config.accounts, opened_day=START.date(), opened_ms=0)
+    return db
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(0, 1_500_000), min_size=2, max_size=8),
+    st.integers(0, 7),
+    st.integers(0, 10**9),
+)
+def test_a_replacement_costs_what_one_meter_would(deltas: list[int], k: int, start: int) -> None:
+    # one tiered meter measuring everything, or r1 replaced by r2 after reading k: the
+    # account pays the same to the unit and its year total is the same
+    config = parse_config(config_yaml(), "gw.yaml")
+    book, r1 = TariffBook.from_config(config), billing_of(config, "r1", None)
+    assert r1 is not None
+    r2 = replace(r1, meter="r2")
+    k = k % len(deltas)
+    one, two = fresh_db(config), fresh_db(config)
+    post_reading(one, reading("r1", 0, 0), r1, book)
+    post_reading(two, reading("r1", 0, 0), r1, book)
+    total = 0
+    for i, delta in enumerate(deltas, 1):
+        total += delta
+        post_reading(one, reading("r1", 3600 * i, total), r1, book)
+        if i <= k:
+            post_reading(two, reading("r1", 3600 * i, total), r1, book)
+    swap = 3600 * k + 60
+    replace_meter(
+        two,
+        "r1",
+        reading("r1", swap, sum(deltas[:k])),
+        "r2",
+        reading("r2", swap, start),
+        billing=r1,
+        book=book,
+        reason="swap",
+        ts_ms=ms(swap),
+    )
+    on_new = start
+    for i, delta in enumerate(deltas[k:], k + 1):
+        on_new += delta
+        post_reading(two, reading("r2", 3600 * i, on_new), r2, book)
+    assert balance_of(one, "R") == balance_of(two, "R")
+    year = "SELECT year_wh FROM rating_year WHERE account = 'R'"
+    assert one.execute(year).fetchone() == two.execute(year).fetchone() == (total,)
+    assert check_balances(one) == check_balances(two) == []
