@@ -15,7 +15,7 @@ from gateway.charging import Charger
 from gateway.clock import ManualClock
 from gateway.config import GatewayConfig, parse_config
 from gateway.poller import PollSettings
-from gateway.prepaid import PrepaidState, StateChange
+from gateway.prepaid import PrepaidState, StateChange, Thresholds
 from gateway.protocols.batch import MeterEvent
 from gateway.relays import RelayController
 from gateway.runtime import Runtime
@@ -93,6 +93,10 @@ class StandInCharger:
         self.balances: dict[str, int] = {}
         self.closed: list[str] = []
         self.listener: RelayController | None = None
+        self.levels = {"": Thresholds.from_config(config.billing.thresholds)}
+        for a in config.accounts:
+            if a.thresholds is not None:
+                self.levels[a.id] = Thresholds.from_config(a.thresholds)
         self.lock = threading.Lock()
 
     def change(self, account: str, new: PrepaidState, balance: int, ts_ms: int = 0) -> None:
@@ -114,6 +118,9 @@ class StandInCharger:
 
     def meters_of(self, account: str) -> tuple[str, ...]:
         return self.meters.get(account, ())
+
+    def thresholds(self, account: str) -> Thresholds:
+        return self.levels.get(account, self.levels[""])
 
     def relay_closed(self, account: str) -> None:
         with self.lock:

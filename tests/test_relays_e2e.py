@@ -16,6 +16,7 @@ from gateway.prepaid import PrepaidState
 from gateway.protocols.quantities import EventCode
 
 DL = [("dl", "dlt645", 38400)]
+BOTH = [("dl", "dlt645", 38400), ("mb", "modbus", 38400)]
 # accounts open at balance 0: an overdraft limit of 10 keeps them from being due at once
 LEVELS = "billing: {thresholds: {alarm1: 0, alarm2: 0, overdraft_limit: 10}}\n"
 FAST = LEVELS + "relays: {confirm_delay_s: 0.1}\n"
@@ -123,6 +124,16 @@ def test_the_storm_guard_stops_a_mass_trip_caused_by_a_wrong_tariff(tmp_path: Pa
         assert [a["kind"] for a in status["alarms"]] == ["trip_storm"]  # type: ignore[union-attr]
         b.step(60)  # charging goes on; no more trips
         assert len(b.events(EventCode.RELAY_TRIPPED)) == 2
+        # the operator tops up the held accounts but one, and resumes tripping
+        held = [i for i in range(1, 6) if b.relay_closed(f"d{i}")]
+        for i in held[:-1]:
+            b.top_up(f"T{i}", 10_000_000, f"fix{i}")
+        b.relays.resume()
+        event = b.wait_event(EventCode.RELAY_TRIPPED, f"d{held[-1]}")
+        assert event.detail["reason"] == "resume"
+        time.sleep(0.5)
+        assert sum(not b.relay_closed(f"d{i}") for i in range(1, 6)) == 3
+        assert b.runtime.status()["relays"]["alarms"] == []  # type: ignore[index]
 
 
 def test_a_refused_trip_is_retried_then_an_alarm(tmp_path: Path) -> None:
@@ -137,3 +148,79 @@ def test_a_refused_trip_is_retried_then_an_alarm(tmp_path: Path) -> None:
         status = b.runtime.status()["relays"]
         assert isinstance(status, dict)
         assert [(a["kind"], a["meter"]) for a in status["alarms"]] == [("unconfirmed", "d1")]  # type: ignore[union-attr]
+
+
+def test_modbus_relay_and_direct_close(tmp_path: Path) -> None:
+    # account A: a DL/T 645 meter and an ADW300 (Modbus relay register); close direct
+    adw = M("a1", "mb", "modbus", 1, energy_wh=1_000_000, watts=3_600, profile="adw300")
+    ms = [(dl(1), "A"), (adw, "A")]
+    extra = LEVELS + "relays: {confirm_delay_s: 0.1, close_mode: direct}\n"
+    with charged_bench(tmp_path, BOTH, ms, ["A"], extra) as b:
+        b.top_up("A", 1_500, "t1")
+        b.step(60)  # two meters: 120 Wh, 1020; A at 480
+        b.step(60)
+        for meter in ("d1", "a1"):  # d1's reading took A to -30, beyond the overdraft
+            event = b.wait_event(EventCode.RELAY_TRIPPED, meter)
+            assert event.detail["balance"] == -30
+        assert b.charger.balance("A") == -540  # a1's energy before the trip: charged too
+        assert not b.relay_closed("d1") and not b.relay_closed("a1")
+        energy = {m: b.energy(m) for m in ("d1", "a1")}
+        b.step(600)
+        assert {m: b.energy(m) for m in ("d1", "a1")} == energy
+        b.top_up("A", 100_000, "t2")
+        for meter in ("d1", "a1"):
+            event = b.wait_event(EventCode.RELAY_CLOSED, meter)
+            assert event.detail["mode"] == "direct" and event.detail["balance"] == 99_460
+        assert b.relay_closed("d1") and b.relay_closed("a1")
+        wait_for(lambda: b.charger.state("A") == PrepaidState.NORMAL, 10, "charger told")
+        b.step(60)
+        assert {m: b.energy(m) for m in ("d1", "a1")} == {m: e + 60 for m, e in energy.items()}
+
+
+def test_a_top_up_at_night_cancels_the_delayed_trip(tmp_path: Path) -> None:
+    clock = ManualClock(datetime(2024, 6, 1, 15, 30, tzinfo=UTC))  # 23:30 in Shanghai
+    extra = LEVELS + "relays: {confirm_delay_s: 0.1, quiet_hours: {from: '22:00', to: '07:00'}}\n"
+    with charged_bench(tmp_path, DL, [(dl(1), "A")], ["A"], extra, clock=clock) as b:
+        b.step(60)
+        b.wait_event(EventCode.TRIP_DELAYED, "d1")
+        assert b.relays.status()["delayed"] == {"A": "2024-06-02T07:00:00+08:00"}
+        b.top_up("A", 1_000_000, "t1")  # 100 yuan: enough for the night (8 h x 3.6 kW)
+        wait_for(lambda: b.charger.state("A") == PrepaidState.NORMAL, 10, "back to normal")
+        assert b.relays.status()["delayed"] == {}
+        clock.set(datetime(2024, 6, 1, 23, 30, tzinfo=UTC))  # 07:30
+        b.polled_after(int(clock.now().timestamp() * 1000))
+        time.sleep(0.5)
+        assert b.relay_closed("d1") and b.events(EventCode.RELAY_TRIPPED) == []
+
+
+def test_protect_set_by_command_is_remembered(tmp_path: Path) -> None:
+    with charged_bench(tmp_path, DL, [(dl(1), "A")], ["A"], FAST) as b:
+        b.relays.set_protect("A", True)
+    with charged_bench(tmp_path, DL, [(dl(1), "A")], ["A"], FAST) as b:  # a restart
+        assert b.relays.protected("A")
+        b.step(60)  # A below zero: charged, not tripped
+        assert b.charger.state("A") == PrepaidState.DUE_TO_TRIP
+        time.sleep(0.5)
+        assert b.relay_closed("d1") and b.relays.status()["blocked"] == {"A": "protect"}
+
+
+def test_relay_test_trips_and_closes(tmp_path: Path) -> None:
+    ms = [(dl(1), "A"), (dl(2), "B")]
+    with charged_bench(tmp_path, DL, ms, ["A", "B"], FAST) as b:
+        b.top_up("A", 100_000, "t1")
+        result = b.relays.test("d1").result(30)
+        assert result["ok"] is True and result["tripped"] and result["closed"]
+        assert b.relay_closed("d1")
+        counters = b.sim.truth("d1")["meters"]["d1"]["counters"]
+        assert counters["control-trip"] == 1 and counters["control-close"] == 1
+        assert b.relays.test("nope").result(1) == {
+            "meter": "nope",
+            "ok": False,
+            "error": "no such meter with a relay",
+        }
+        b.step(60)  # B below zero: due, tripped; a relay test must not close it
+        b.wait_event(EventCode.RELAY_TRIPPED, "d2")
+        assert b.relays.test("d2").result(1)["error"] == "account is tripped or due"
+        b.relays.set_protect("A", True)
+        assert b.relays.test("d1").result(1)["error"] == "account in protect mode"
+        assert not b.relay_closed("d2") and b.relay_closed("d1")

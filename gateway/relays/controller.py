@@ -191,7 +191,7 @@ class RelayController:
             self._blocked.pop(account, None)
             opened = any(self._open_or_opening(m) for m in meters)
         if change.new == PrepaidState.MAY_CLOSE or (
-            opened and change.balance > self._close_allow.get(account, 0)
+            opened and change.balance > self._close_allow_of(account)
         ):
             self._close(account, meters, change.balance, "top-up")
 
@@ -402,6 +402,13 @@ class RelayController:
             int(self.storm.window_s),
         )
 
+    def _close_allow_of(self, account: str) -> int:
+        """The account's close-allow level: the charger's (a command may have set it)."""
+        try:
+            return self.charger.thresholds(account).close_allow
+        except KeyError:
+            return self._close_allow.get(account, 0)
+
     def _open_or_opening(self, meter: str) -> bool:
         op = self._ops.get(meter)
         if op is not None:
@@ -427,7 +434,8 @@ class RelayController:
     def _send(self, op: _Op) -> None:
         op.sends += 1
         if op.sends > 1:
-            self.counts["resends"] += 1
+            with self._lock:
+                self.counts["resends"] += 1
         valid_until = self.clock.local() + timedelta(seconds=self.settings.trip_valid_s)
         job = op.target.command(open_=op.open, allow=op.allow, valid_until=valid_until)
         try:
@@ -630,7 +638,7 @@ class RelayController:
         balance = self.charger.balance(account)
         if state in (PrepaidState.DUE_TO_TRIP, PrepaidState.MAY_CLOSE):
             return  # the charger's listener took it over
-        if balance > self._close_allow.get(account, 0):
+        if balance > self._close_allow_of(account):
             self._close(account, meters, balance, "restart")
 
     # --- the worker: timers and quiet-period ends -------------------------------------------
