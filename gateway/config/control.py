@@ -124,11 +124,11 @@ def read_thresholds(r: Reader, node: Node, base: ThresholdsConfig) -> Thresholds
     return ThresholdsConfig(alarm1, alarm2, overdraft, close_allow, emergency)
 
 
-def read_billing(r: Reader, node: Node | None) -> Item:
-    """The ``billing`` section (absent or null: the defaults)."""
+def read_billing(r: Reader, node: Node | None) -> tuple[Billing | None, MapReader | None]:
+    """The ``billing`` section (absent or null: the defaults, and no reader)."""
     d = Billing()
     if node is None or node.tag == _TAG + "null":
-        return d, MapReader(r, _empty_map(), "billing")
+        return d, None
     m = MapReader(r, node, "billing")
     if not m.ok:
         return None, m
@@ -148,12 +148,6 @@ def read_billing(r: Reader, node: Node | None) -> Item:
         return None, m
     billing = Billing(year_start, settlement_day, vacancy, hoarding, prorate, holidays, thresholds)
     return billing, m
-
-
-def _empty_map() -> Node:
-    from yaml.nodes import MappingNode
-
-    return MappingNode(_TAG + "map", [])
 
 
 def read_relays(r: Reader, node: Node | None) -> Relays | None:
@@ -260,7 +254,7 @@ def read_commands(r: Reader, node: Node | None, base_dir: Path) -> Commands | No
 
 def check_control(
     r: Reader,
-    billing: Item,
+    billing: tuple[Billing | None, MapReader | None],
     buses: list[Item],
     meters: list[Item],
     accounts: list[Item],
@@ -272,7 +266,7 @@ def check_control(
     tariff_ids: Mapping[str, object] = {
         node.value: node for _, t in tariffs if isinstance(node := t.value_node("id"), ScalarNode)
     }
-    if isinstance(b, Billing) and b.vacancy_tariff and b.vacancy_tariff not in tariff_ids:
+    if bm is not None and b is not None and b.vacancy_tariff and b.vacancy_tariff not in tariff_ids:
         listed = ", ".join(sorted(tariff_ids)) or "none defined"
         bm.blame(
             "vacancy_tariff",
