@@ -35,6 +35,7 @@ from gateway.protocols.command import (
     CommandReply,
     ReasonCode,
     ReplyStatus,
+    new_command_id,
 )
 from gateway.relays import RelayController
 from gateway.runtime import Runtime
@@ -106,7 +107,19 @@ def gateway(
         with rt:
             assert rt.uplink is not None
             wait_for(lambda: rt.uplink is not None and rt.uplink.connected, 10, "uplink")
+            subscribed(broker)
             yield rt
+
+
+def subscribed(broker: Mosquitto) -> None:
+    """Wait until the gateway answers on down/cmd: an unsigned probe (refused, kept nowhere)."""
+    for _ in range(20):
+        probe = Command(new_command_id(), GW, 0, 1, CommandKind.BACK_FILL)
+        reply = send_command(broker.host, broker.port, "gw", probe, timeout=1)
+        if reply is not None:
+            assert reply.reason == ReasonCode.UNSIGNED
+            return
+    raise AssertionError("the gateway never answered on down/cmd")
 
 
 @pytest.fixture
