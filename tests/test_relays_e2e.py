@@ -148,6 +148,12 @@ def test_a_refused_trip_is_retried_then_an_alarm(tmp_path: Path) -> None:
         status = b.runtime.status()["relays"]
         assert isinstance(status, dict)
         assert [(a["kind"], a["meter"]) for a in status["alarms"]] == [("unconfirmed", "d1")]  # type: ignore[union-attr]
+        # later rounds (after 1 s, 2 s ...) while still due; the meter's protect is lifted
+        b.sim.control("d1", "set_protect", {"on": False})
+        event = b.wait_event(EventCode.RELAY_TRIPPED, "d1")
+        assert event.detail["reason"] == "retry" and not b.relay_closed("d1")
+        assert len(b.events(EventCode.RELAY_UNCONFIRMED)) == 1  # one alarm event, not per round
+        assert b.runtime.status()["relays"]["alarms"] == []  # type: ignore[index]
 
 
 def test_modbus_relay_and_direct_close(tmp_path: Path) -> None:

@@ -10,7 +10,9 @@ Every command is confirmed by the meter: ``confirm_delay_s`` after it was carrie
 (or refused, or unanswered) the relay's position is read back (status word 3 bit 4, or
 the Modbus profile's relay register), also at RELAY priority.  Not in the wanted
 position: the command is sent again, up to ``confirm_attempts`` sends, then a
-``RELAY_UNCONFIRMED`` event and a status alarm.  A close-allow (1B) the meter accepted
+``RELAY_UNCONFIRMED`` event and a status alarm; further rounds follow at doubling
+intervals (ten times ``confirm_delay_s``, up to 15 minutes) while the trip or close is
+still wanted, and a confirmation clears the alarm.  A close-allow (1B) the meter accepted
 waits for the tenant's button: the position is read back at growing intervals (up to a
 minute) until it shows closed.  Each confirmed trip and close is a ``RELAY_TRIPPED`` /
 ``RELAY_CLOSED`` event with the balance that caused it; once every meter of an account
@@ -73,6 +75,9 @@ BUTTON_WAIT_MAX_S = 60.0
 RECHECK_MIN_S = 5.0
 """Least wait before an open relay of an account the charger does not hold tripped is
 looked at again after a restart (then: twice the poll interval)."""
+RETRY_MAX_S = 900.0
+"""Longest pause between rounds of sends for a relay that stays unconfirmed (the first
+pause is ten times ``confirm_delay_s``, at least 1 s, doubling)."""
 READ_TIMEOUT_S = 30.0
 """How long the restart reconciliation and a relay test wait for one bus job."""
 
@@ -96,6 +101,8 @@ class _Op:
     waits: int = 0
     cause: str | None = None
     cancelled: bool = False
+    round: int = 0
+    """0 for the first round of sends; then the retries after an unconfirmed round."""
     done: Future[bool] = field(default_factory=Future)
 
 
@@ -141,6 +148,7 @@ class RelayController:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._recheck_s = max(RECHECK_MIN_S, 2 * config.polling.interval_s)
+        self._retry_s = max(1.0, 10 * s.confirm_delay_s)
         self.counts = {"trips": 0, "closes": 0, "unconfirmed": 0, "resends": 0, "quiet_delays": 0}
 
     # --- life -------------------------------------------------------------------------
@@ -555,6 +563,11 @@ class RelayController:
                 )
             position = self._positions[meter]
             self.counts["unconfirmed"] += 1
+            self._alarms = [
+                a
+                for a in self._alarms
+                if not (a.get("kind") == "unconfirmed" and a.get("meter") == meter)
+            ]
             self._alarm(
                 "unconfirmed",
                 meter=meter,
@@ -562,8 +575,23 @@ class RelayController:
                 action="trip" if op.open else "close",
                 position=where,
                 cause=op.cause or "",
+                rounds=op.round + 1,
             )
         self.writer.call(lambda db: memory.save_position(db, meter, position))
+        if not op.done.done():
+            op.done.set_result(False)
+        if op.reason != "test":
+            delay = min(RETRY_MAX_S, self._retry_s * 2**op.round)
+            self._later(delay, functools.partial(self._retry, op))
+        if op.round:
+            _logger.warning(
+                "relays: %s of meter %s still unconfirmed (round %d, %s)",
+                "trip" if op.open else "close",
+                meter,
+                op.round + 1,
+                op.cause,
+            )
+            return
         self._event(
             meter,
             EventCode.RELAY_UNCONFIRMED,
@@ -582,8 +610,28 @@ class RelayController:
             where,
             op.cause,
         )
-        if not op.done.done():
-            op.done.set_result(False)
+
+    def _retry(self, op: _Op) -> None:
+        """Another round for an unconfirmed trip or close, if it is still wanted (the
+        account still due, not protected, no storm; or no longer due, for a close)."""
+        account = op.account
+        meter = op.target.id
+        with self._lock:
+            if self._stopping or account is None or meter in self._ops:
+                return
+            held = self._protect.get(account, False) or self.storm.stopped
+        state = self.charger.state(account)
+        if op.open:
+            if state != PrepaidState.DUE_TO_TRIP or held:
+                return
+            if self.policy.active and quiet_until(self.policy, self.clock.local()) is not None:
+                self._later(self._retry_s, functools.partial(self._retry, op))
+                return
+        elif state == PrepaidState.DUE_TO_TRIP:
+            return
+        balance = self.charger.balance(account)
+        again = _Op(op.target, account, op.open, balance, "retry", op.allow, round=op.round + 1)
+        self._start(again)
 
     # --- restart reconciliation -------------------------------------------------------------
 
