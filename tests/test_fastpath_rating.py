@@ -402,6 +402,12 @@ def test_rollover_fall_discontinuity_and_untrusted_time(engine: ModuleType) -> N
     ]
     assert result[2].lines[0].energy_wh == 2000
     assert result[6].lines[0].energy_wh == 300
+    # A clock stamping 2040: a flat tariff is rated at the last trusted time (a zero-length
+    # interval) and the meter keeps that time.
+    later = reading("f", ms(datetime(2040, 1, 1, tzinfo=SH)), 1_500, FLAG_TIME_UNTRUSTED)
+    lines = pair.batch([later])[0].lines
+    assert [(ln.energy_wh, ln.t0, ln.t1) for ln in lines] == [(600, lines[0].t0, lines[0].t0)]
+    assert pair.rater.last("f") == (t + 180_000, 1_500)
 
 
 def test_states_alarms_trip_top_up_and_close(engine: ModuleType) -> None:

@@ -56,6 +56,7 @@ def charge_batch(cum_wh, price, posted):
 # the layout is in layout.py.  No Python object is touched inside the loop.
 
 cimport cython
+from cpython cimport array as carray
 
 from gateway.fastpath.layout import NONE as _NONE_PY
 
@@ -115,6 +116,17 @@ LAYOUT = {
 """The constants compiled in; a test checks them against layout.py."""
 
 
+cdef inline long long* _q(object obj) except? NULL:
+    """The data of an array('q') (anything else is refused)."""
+    cdef carray.array a
+    if type(obj) is not carray.array:
+        raise TypeError("rate_batch: arrays must be array('q')")
+    a = <carray.array>obj
+    if a.ob_descr.typecode != b"q"[0]:
+        raise TypeError("rate_batch: arrays must be array('q')")
+    return a.data.as_longlongs
+
+
 cdef inline long long _evaluate(
     long long kind, long long trip, long long tripped, long long balance, long long alarm1,
     long long alarm2, long long overdraft, long long close_allow,
@@ -151,134 +163,134 @@ def evaluate_state(st, Py_ssize_t a, long long balance):
 @cython.wraparound(False)
 @cython.cdivision(True)
 def rate_batch(tb, st, bt, out, Py_ssize_t start):
-    # tables
-    cdef long long nseg = tb.nseg
-    cdef long long[:] t_ver_start = tb.t_ver_start
-    cdef long long[:] t_ver_count = tb.t_ver_count
-    cdef long long[:] t_has_tou = tb.t_has_tou
-    cdef long long[:] v_eff = tb.v_eff
-    cdef long long[:] v_kind = tb.v_kind
-    cdef long long[:] v_seg = tb.v_seg
-    cdef long long[:] v_price_off = tb.v_price_off
-    cdef long long[:] v_thr_off = tb.v_thr_off
-    cdef long long[:] v_nthr = tb.v_nthr
-    cdef long long[:] v_tl_off = tb.v_tl_off
-    cdef long long[:] v_tl_count = tb.v_tl_count
-    cdef long long[:] v_tl_end = tb.v_tl_end
-    cdef long long[:] v_regkey = tb.v_regkey
-    cdef long long[:] prices = tb.prices
-    cdef long long[:] thresholds = tb.thresholds
-    cdef long long[:] tl_us = tb.tl_us
-    cdef long long[:] tl_key = tb.tl_key
-    # state
-    cdef long long[:] m_tariff = st.m_tariff
-    cdef long long[:] m_account = st.m_account
-    cdef long long[:] m_has_last = st.m_has_last
-    cdef long long[:] m_last_ts = st.m_last_ts
-    cdef long long[:] m_last_e = st.m_last_e
-    cdef long long[:] m_rollover = st.m_rollover
-    cdef long long[:] m_reg = st.m_reg
-    cdef long long[:] m_cum = st.m_cum
-    cdef long long[:] m_posted = st.m_posted
-    cdef long long[:] m_reg_tol = st.m_reg_tol
-    cdef long long[:] a_thr_from = st.a_thr_from
-    cdef long long[:] a_thr_to = st.a_thr_to
-    cdef long long[:] a_thr_tariff = st.a_thr_tariff
-    cdef long long[:] a_year = st.a_year
-    cdef long long[:] a_thr_set = st.a_thr_set
-    cdef long long[:] a_nthr = st.a_nthr
-    cdef long long[:] a_thr = st.a_thr
-    cdef long long[:] a_year_end = st.a_year_end
-    cdef long long[:] a_balance = st.a_balance
-    cdef long long[:] a_alarm1 = st.a_alarm1
-    cdef long long[:] a_alarm2 = st.a_alarm2
-    cdef long long[:] a_overdraft = st.a_overdraft
-    cdef long long[:] a_close = st.a_close
-    cdef long long[:] a_type = st.a_type
-    cdef long long[:] a_trip = st.a_trip
-    cdef long long[:] a_tripped = st.a_tripped
-    cdef long long[:] a_state = st.a_state
-    # batch
+    # Raw pointers into the array('q') objects (checked once per batch): cheaper to
+    # take than typed memoryviews, and as unchecked inside the loop (boundscheck off).
     cdef Py_ssize_t n = bt.n
-    cdef long long[:] r_meter = bt.r_meter
-    cdef long long[:] r_ts = bt.r_ts
-    cdef long long[:] r_energy = bt.r_energy
-    cdef long long[:] r_flags = bt.r_flags
-    cdef long long[:] r_reg = bt.r_reg
-    # out
-    cdef long long[:] o_status = out.status
-    cdef long long[:] o_amount = out.amount
-    cdef long long[:] o_line0 = out.line0
-    cdef long long[:] o_nline = out.nline
-    cdef long long[:] o_balance = out.balance
-    cdef long long[:] o_old_state = out.old_state
-    cdef long long[:] o_new_state = out.new_state
-    cdef long long[:] o_regs = out.regs
-    cdef long long[:] o_year = out.year
-    cdef long long[:] o_year_end = out.year_end
-    cdef long long[:] o_span = out.span
-    cdef long long[:] o_used = out.used
-    cdef long long[:] l_reading = out.l_reading
-    cdef long long[:] l_seg = out.l_seg
-    cdef long long[:] l_energy = out.l_energy
-    cdef long long[:] l_price = out.l_price
-    cdef long long[:] l_amount = out.l_amount
-    cdef long long[:] l_t0 = out.l_t0
-    cdef long long[:] l_t1 = out.l_t1
-    cdef long long[:] l_cum = out.l_cum
-    cdef long long[:] l_posted = out.l_posted
-    cdef Py_ssize_t cap = l_seg.shape[0]
-    if (
-        start < 0 or n > r_meter.shape[0] or n > r_ts.shape[0] or n > r_energy.shape[0]
-        or n > r_flags.shape[0] or n * NREG > r_reg.shape[0] or n > o_status.shape[0]
-        or n > o_amount.shape[0] or n > o_line0.shape[0] or n > o_nline.shape[0]
-        or n > o_balance.shape[0] or n > o_old_state.shape[0] or n > o_new_state.shape[0]
-        or n > o_regs.shape[0] or n > o_year.shape[0] or n > o_year_end.shape[0]
-        or n > o_span.shape[0] or l_reading.shape[0] != cap or l_energy.shape[0] != cap
-        or l_price.shape[0] != cap or l_amount.shape[0] != cap or l_t0.shape[0] != cap
-        or l_t1.shape[0] != cap or l_cum.shape[0] != cap or l_posted.shape[0] != cap
+    cdef Py_ssize_t cap = len(out.l_seg)
+    if start < 0 or len(bt.r_reg) < n * NREG or any(
+        len(a) < n for a in (
+            bt.r_meter, bt.r_ts, bt.r_energy, bt.r_flags, out.status, out.amount, out.line0,
+            out.nline, out.balance, out.old_state, out.new_state, out.regs, out.year,
+            out.year_end, out.span,
+        )
+    ) or any(
+        len(a) != cap for a in (
+            out.l_reading, out.l_energy, out.l_price, out.l_amount, out.l_t0, out.l_t1,
+            out.l_cum, out.l_posted,
+        )
     ):
         raise ValueError("rate_batch: arrays shorter than the batch")
+    cdef long long nseg = tb.nseg
+    cdef long long* t_ver_start = _q(tb.t_ver_start)
+    cdef long long* t_ver_count = _q(tb.t_ver_count)
+    cdef long long* t_has_tou = _q(tb.t_has_tou)
+    cdef long long* v_eff = _q(tb.v_eff)
+    cdef long long* v_kind = _q(tb.v_kind)
+    cdef long long* v_seg = _q(tb.v_seg)
+    cdef long long* v_price_off = _q(tb.v_price_off)
+    cdef long long* v_thr_off = _q(tb.v_thr_off)
+    cdef long long* v_nthr = _q(tb.v_nthr)
+    cdef long long* v_tl_off = _q(tb.v_tl_off)
+    cdef long long* v_tl_count = _q(tb.v_tl_count)
+    cdef long long* v_tl_end = _q(tb.v_tl_end)
+    cdef long long* v_regkey = _q(tb.v_regkey)
+    cdef long long* prices = _q(tb.prices)
+    cdef long long* thresholds = _q(tb.thresholds)
+    cdef long long* tl_us = _q(tb.tl_us)
+    cdef long long* tl_key = _q(tb.tl_key)
+    cdef long long* m_tariff = _q(st.m_tariff)
+    cdef long long* m_account = _q(st.m_account)
+    cdef long long* m_has_last = _q(st.m_has_last)
+    cdef long long* m_last_ts = _q(st.m_last_ts)
+    cdef long long* m_last_e = _q(st.m_last_e)
+    cdef long long* m_rollover = _q(st.m_rollover)
+    cdef long long* m_reg = _q(st.m_reg)
+    cdef long long* m_cum = _q(st.m_cum)
+    cdef long long* m_posted = _q(st.m_posted)
+    cdef long long* m_reg_tol = _q(st.m_reg_tol)
+    cdef long long* a_thr_from = _q(st.a_thr_from)
+    cdef long long* a_thr_to = _q(st.a_thr_to)
+    cdef long long* a_thr_tariff = _q(st.a_thr_tariff)
+    cdef long long* a_year = _q(st.a_year)
+    cdef long long* a_thr_set = _q(st.a_thr_set)
+    cdef long long* a_nthr = _q(st.a_nthr)
+    cdef long long* a_thr = _q(st.a_thr)
+    cdef long long* a_year_end = _q(st.a_year_end)
+    cdef long long* a_balance = _q(st.a_balance)
+    cdef long long* a_alarm1 = _q(st.a_alarm1)
+    cdef long long* a_alarm2 = _q(st.a_alarm2)
+    cdef long long* a_overdraft = _q(st.a_overdraft)
+    cdef long long* a_close = _q(st.a_close)
+    cdef long long* a_type = _q(st.a_type)
+    cdef long long* a_trip = _q(st.a_trip)
+    cdef long long* a_tripped = _q(st.a_tripped)
+    cdef long long* a_state = _q(st.a_state)
+    cdef long long* r_meter = _q(bt.r_meter)
+    cdef long long* r_ts = _q(bt.r_ts)
+    cdef long long* r_energy = _q(bt.r_energy)
+    cdef long long* r_flags = _q(bt.r_flags)
+    cdef long long* r_reg = _q(bt.r_reg)
+    cdef long long* o_status = _q(out.status)
+    cdef long long* o_amount = _q(out.amount)
+    cdef long long* o_line0 = _q(out.line0)
+    cdef long long* o_nline = _q(out.nline)
+    cdef long long* o_balance = _q(out.balance)
+    cdef long long* o_old_state = _q(out.old_state)
+    cdef long long* o_new_state = _q(out.new_state)
+    cdef long long* o_regs = _q(out.regs)
+    cdef long long* o_year = _q(out.year)
+    cdef long long* o_year_end = _q(out.year_end)
+    cdef long long* o_span = _q(out.span)
+    cdef long long* o_used = _q(out.used)
+    cdef long long* l_reading = _q(out.l_reading)
+    cdef long long* l_seg = _q(out.l_seg)
+    cdef long long* l_energy = _q(out.l_energy)
+    cdef long long* l_price = _q(out.l_price)
+    cdef long long* l_amount = _q(out.l_amount)
+    cdef long long* l_t0 = _q(out.l_t0)
+    cdef long long* l_t1 = _q(out.l_t1)
+    cdef long long* l_cum = _q(out.l_cum)
+    cdef long long* l_posted = _q(out.l_posted)
     # The GIL is kept: the batch is a few microseconds, and holding it keeps the
     # kernel atomic against Python code changing the same arrays (a top-up, say).
     return _rate(
-            nseg, t_ver_start, t_ver_count, t_has_tou, v_eff, v_kind, v_seg, v_price_off,
-            v_thr_off, v_nthr, v_tl_off, v_tl_count, v_tl_end, v_regkey, prices, thresholds,
-            tl_us, tl_key, m_tariff, m_account, m_has_last, m_last_ts, m_last_e, m_rollover,
-            m_reg, m_cum, m_posted, a_year, a_thr_set, a_nthr, a_thr, a_year_end, a_balance,
-            a_alarm1, a_alarm2, a_overdraft, a_close, a_type, a_trip, a_tripped, a_state, n,
-            r_meter, r_ts, r_energy, r_flags, r_reg, o_status, o_amount, o_line0, o_nline,
-            o_balance, o_old_state, o_new_state, o_regs, o_year, o_span, o_used, l_reading,
-            l_seg, l_energy, l_price, l_amount, l_t0, l_t1, l_cum, l_posted, start,
-            m_reg_tol, a_thr_from, a_thr_to, a_thr_tariff, o_year_end,
-        )
+        nseg, t_ver_start, t_ver_count, t_has_tou, v_eff, v_kind, v_seg, v_price_off,
+        v_thr_off, v_nthr, v_tl_off, v_tl_count, v_tl_end, v_regkey, prices, thresholds,
+        tl_us, tl_key, m_tariff, m_account, m_has_last, m_last_ts, m_last_e, m_rollover,
+        m_reg, m_cum, m_posted, a_year, a_thr_set, a_nthr, a_thr, a_year_end, a_balance,
+        a_alarm1, a_alarm2, a_overdraft, a_close, a_type, a_trip, a_tripped, a_state, n,
+        r_meter, r_ts, r_energy, r_flags, r_reg, o_status, o_amount, o_line0, o_nline,
+        o_balance, o_old_state, o_new_state, o_regs, o_year, o_span, o_used, l_reading,
+        l_seg, l_energy, l_price, l_amount, l_t0, l_t1, l_cum, l_posted, start, cap,
+        m_reg_tol, a_thr_from, a_thr_to, a_thr_tariff, o_year_end,
+    )
 
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
 @cython.cdivision(True)
 cdef Py_ssize_t _rate(
-    long long nseg, long long[:] t_ver_start, long long[:] t_ver_count,
-    long long[:] t_has_tou, long long[:] v_eff, long long[:] v_kind, long long[:] v_seg,
-    long long[:] v_price_off, long long[:] v_thr_off, long long[:] v_nthr,
-    long long[:] v_tl_off, long long[:] v_tl_count, long long[:] v_tl_end,
-    long long[:] v_regkey, long long[:] prices, long long[:] thresholds,
-    long long[:] tl_us, long long[:] tl_key, long long[:] m_tariff, long long[:] m_account,
-    long long[:] m_has_last, long long[:] m_last_ts, long long[:] m_last_e,
-    long long[:] m_rollover, long long[:] m_reg, long long[:] m_cum, long long[:] m_posted,
-    long long[:] a_year, long long[:] a_thr_set, long long[:] a_nthr, long long[:] a_thr,
-    long long[:] a_year_end, long long[:] a_balance, long long[:] a_alarm1,
-    long long[:] a_alarm2, long long[:] a_overdraft, long long[:] a_close,
-    long long[:] a_type, long long[:] a_trip, long long[:] a_tripped, long long[:] a_state,
-    Py_ssize_t n, long long[:] r_meter, long long[:] r_ts, long long[:] r_energy,
-    long long[:] r_flags, long long[:] r_reg, long long[:] o_status, long long[:] o_amount,
-    long long[:] o_line0, long long[:] o_nline, long long[:] o_balance,
-    long long[:] o_old_state, long long[:] o_new_state, long long[:] o_regs,
-    long long[:] o_year, long long[:] o_span, long long[:] o_used, long long[:] l_reading,
-    long long[:] l_seg, long long[:] l_energy, long long[:] l_price, long long[:] l_amount,
-    long long[:] l_t0, long long[:] l_t1, long long[:] l_cum, long long[:] l_posted,
-    Py_ssize_t start, long long[:] m_reg_tol, long long[:] a_thr_from, long long[:] a_thr_to,
-    long long[:] a_thr_tariff, long long[:] o_year_end,
+    long long nseg, long long* t_ver_start, long long* t_ver_count,
+    long long* t_has_tou, long long* v_eff, long long* v_kind, long long* v_seg,
+    long long* v_price_off, long long* v_thr_off, long long* v_nthr,
+    long long* v_tl_off, long long* v_tl_count, long long* v_tl_end,
+    long long* v_regkey, long long* prices, long long* thresholds,
+    long long* tl_us, long long* tl_key, long long* m_tariff, long long* m_account,
+    long long* m_has_last, long long* m_last_ts, long long* m_last_e,
+    long long* m_rollover, long long* m_reg, long long* m_cum, long long* m_posted,
+    long long* a_year, long long* a_thr_set, long long* a_nthr, long long* a_thr,
+    long long* a_year_end, long long* a_balance, long long* a_alarm1,
+    long long* a_alarm2, long long* a_overdraft, long long* a_close,
+    long long* a_type, long long* a_trip, long long* a_tripped, long long* a_state,
+    Py_ssize_t n, long long* r_meter, long long* r_ts, long long* r_energy,
+    long long* r_flags, long long* r_reg, long long* o_status, long long* o_amount,
+    long long* o_line0, long long* o_nline, long long* o_balance,
+    long long* o_old_state, long long* o_new_state, long long* o_regs,
+    long long* o_year, long long* o_span, long long* o_used, long long* l_reading,
+    long long* l_seg, long long* l_energy, long long* l_price, long long* l_amount,
+    long long* l_t0, long long* l_t1, long long* l_cum, long long* l_posted,
+    Py_ssize_t start, Py_ssize_t cap, long long* m_reg_tol, long long* a_thr_from, long long* a_thr_to,
+    long long* a_thr_tariff, long long* o_year_end,
 ) noexcept nogil:
     cdef long long p_key[MAX_PARTS]
     cdef long long p_energy[MAX_PARTS]
@@ -288,14 +300,13 @@ cdef Py_ssize_t _rate(
     cdef long long thr[MAX_TIERS]
     cdef long long regs[NREG]
     cdef Py_ssize_t nl = o_used[0]
-    cdef Py_ssize_t cap = l_seg.shape[0]
     cdef Py_ssize_t i = start
     cdef Py_ssize_t m, a, t, v, k, j, first, last, np, off, cnt, lo, hi, mid, row, idx
     cdef long long state, energy, flags, delta, t0, t1, kind, year_end, span, cur, prev
     cdef long long reg_sum, big, base, poff, nthr, toff, year, done, begin, end, tier
     cdef long long room, take, key, whole, acc, upto_done, upto, share, total, e, cum
     cdef long long cost, charge, amount, balance
-    cdef long long owner
+    cdef long long owner, untrusted, ts
     cdef int use_regs, every, first_k, fits
     while i < n:
         if cap - nl < MAX_PARTS:
@@ -340,12 +351,14 @@ cdef Py_ssize_t _rate(
             o_status[i] = S_BASELINE
             i += 1
             continue
+        untrusted = flags & FLAG_TIME_UNTRUSTED
+        ts = m_last_ts[m] if untrusted else r_ts[i]
         delta = energy - m_last_e[m]
         if delta < 0 and flags & FLAG_ROLLOVER and m_rollover[m] > 0:
             delta += m_rollover[m]
         if delta < 0:
             m_has_last[m] = 1
-            m_last_ts[m] = r_ts[i]
+            m_last_ts[m] = ts
             m_last_e[m] = energy
             for j in range(NREG):
                 m_reg[m * NREG + j] = r_reg[i * NREG + j]
@@ -354,9 +367,9 @@ cdef Py_ssize_t _rate(
             continue
         t0 = m_last_ts[m] * 1000
         t1 = r_ts[i] * 1000
-        if t1 < t0:
+        if t1 < t0 or untrusted:
             t1 = t0
-        if flags & FLAG_TIME_UNTRUSTED and t_has_tou[t] != 0:
+        if untrusted and t_has_tou[t] != 0:
             o_status[i] = S_DEFERRED
             i += 1
             continue
@@ -369,7 +382,7 @@ cdef Py_ssize_t _rate(
             k += 1
         if v < 0:
             m_has_last[m] = 1
-            m_last_ts[m] = r_ts[i]
+            m_last_ts[m] = ts
             m_last_e[m] = energy
             for j in range(NREG):
                 m_reg[m * NREG + j] = r_reg[i * NREG + j]
@@ -574,7 +587,7 @@ cdef Py_ssize_t _rate(
         o_year[i] = a_year[a]
         o_year_end[i] = a_year_end[a]
         m_has_last[m] = 1
-        m_last_ts[m] = r_ts[i]
+        m_last_ts[m] = ts
         m_last_e[m] = energy
         for j in range(NREG):
             m_reg[m * NREG + j] = r_reg[i * NREG + j]

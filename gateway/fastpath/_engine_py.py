@@ -127,9 +127,9 @@ def evaluate_state(st: State, a: int, balance: int) -> int:
     return _evaluate(st, a, balance)
 
 
-def _baseline(st: State, bt: Batch, i: int, m: int) -> None:
+def _baseline(st: State, bt: Batch, i: int, m: int, ts: int) -> None:
     st.m_has_last[m] = 1
-    st.m_last_ts[m] = bt.r_ts[i]
+    st.m_last_ts[m] = ts
     st.m_last_e[m] = bt.r_energy[i]
     for j in range(NREG):
         st.m_reg[m * NREG + j] = bt.r_reg[i * NREG + j]
@@ -199,23 +199,27 @@ def rate_batch(tb: Tables, st: State, bt: Batch, out: Out, start: int) -> int:
             i += 1
             continue
         if st.m_has_last[m] == 0 or flags & FLAG_DISCONTINUITY:
-            _baseline(st, bt, i, m)
+            _baseline(st, bt, i, m, bt.r_ts[i])
             out.status[i] = S_BASELINE
             i += 1
             continue
+        # an untrusted time is not kept: the state keeps the last trusted one, and the
+        # energy is rated at it (a zero-length interval)
+        untrusted = flags & FLAG_TIME_UNTRUSTED
+        ts = st.m_last_ts[m] if untrusted else bt.r_ts[i]
         delta = energy - st.m_last_e[m]
         if delta < 0 and flags & FLAG_ROLLOVER and st.m_rollover[m] > 0:
             delta += st.m_rollover[m]
         if delta < 0:
-            _baseline(st, bt, i, m)
+            _baseline(st, bt, i, m, ts)
             out.status[i] = S_BASELINE
             i += 1
             continue
         t0 = st.m_last_ts[m] * 1000
         t1 = bt.r_ts[i] * 1000
-        if t1 < t0:
+        if t1 < t0 or untrusted:
             t1 = t0
-        if flags & FLAG_TIME_UNTRUSTED and tb.t_has_tou[t] != 0:
+        if untrusted and tb.t_has_tou[t] != 0:
             out.status[i] = S_DEFERRED
             i += 1
             continue
@@ -228,7 +232,7 @@ def rate_batch(tb: Tables, st: State, bt: Batch, out: Out, start: int) -> int:
             v = k
             k += 1
         if v < 0:
-            _baseline(st, bt, i, m)
+            _baseline(st, bt, i, m, ts)
             out.status[i] = S_NO_TARIFF
             i += 1
             continue
@@ -433,7 +437,7 @@ def rate_batch(tb: Tables, st: State, bt: Batch, out: Out, start: int) -> int:
         st.a_year[a] += total
         out.year[i] = st.a_year[a]
         out.year_end[i] = st.a_year_end[a]
-        _baseline(st, bt, i, m)
+        _baseline(st, bt, i, m, ts)
         out.nline[i] = nl - out.line0[i]
         out.amount[i] = amount
         out.regs[i] = use_regs

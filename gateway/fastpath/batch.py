@@ -569,8 +569,10 @@ class BatchRater:
         delta = energy - st.m_last_e[m]
         if delta < 0:
             delta += span
+        untrusted = flags & L.FLAG_TIME_UNTRUSTED
         t0_us = st.m_last_ts[m] * 1000
-        t0, t1 = from_us(t0_us), from_us(max(t0_us, ts * 1000))
+        t0, t1 = from_us(t0_us), from_us(t0_us if untrusted else max(t0_us, ts * 1000))
+        kept = st.m_last_ts[m] if untrusted else ts  # an untrusted time is not kept
         slot_wh = self._slot_deltas(batch, i, m, delta, span)
         calendar = self.calendar
         year_end = st.a_year_end[a]
@@ -594,7 +596,7 @@ class BatchRater:
                 engine=self.engine,
             )  # fmt: skip
         except KeyError:  # no tariff version in force
-            self._baseline(batch, i, m)
+            self._baseline(batch, i, m, kept)
             out.status[i] = L.S_NO_TARIFF
             return self._python_outcome(m, a, out, i, (), {}, None, why)
         except (ValueError, IndexError) as exc:  # refused by rate; or prorated tiers too long
@@ -611,7 +613,7 @@ class BatchRater:
             st.a_year_end[a] = L.NONE
         if calendar is None and after.thresholds is None:
             self._set_prorated(a, None)
-        self._baseline(batch, i, m)
+        self._baseline(batch, i, m, kept)
         out.year[i], out.year_end[i] = st.a_year[a], st.a_year_end[a]
         touched = {(ln.tariff_id, ln.version, ln.key) for ln in rating.lines}
         totals = {k: after.totals[k] for k in touched}
@@ -663,10 +665,10 @@ class BatchRater:
         st.a_thr_to[a] = min(to_us(end), window[1])
         st.a_thr_tariff[a] = t
 
-    def _baseline(self, batch: L.Batch, i: int, m: int) -> None:
+    def _baseline(self, batch: L.Batch, i: int, m: int, ts: int) -> None:
         st = self.state
         st.m_has_last[m] = 1
-        st.m_last_ts[m] = batch.r_ts[i]
+        st.m_last_ts[m] = ts
         st.m_last_e[m] = batch.r_energy[i]
         for j in range(L.NREG):
             st.m_reg[m * L.NREG + j] = batch.r_reg[i * L.NREG + j]
