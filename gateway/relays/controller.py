@@ -269,6 +269,15 @@ class RelayController:
             trip = _Op(target, account, True, None, "test")
             self._start(trip)
             tripped = _wait(trip.done, timeout)
+            if account is not None and self.charger.state(account) in (
+                PrepaidState.DUE_TO_TRIP,
+                PrepaidState.MAY_CLOSE,
+            ):  # the money ran out meanwhile: the relay stays open
+                out.set_result(
+                    {"meter": meter, "ok": False, "tripped": tripped, "closed": False,
+                     "error": "the account fell due during the test"}
+                )  # fmt: skip
+                return
             close = _Op(target, account, False, None, "test")
             self._start(close)
             closed = _wait(close.done, timeout)
