@@ -6,24 +6,32 @@ arrays, runs the kernel (``rate_batch``: the compiled module or its twin, chosen
 ``gateway.fastpath``) and gives one :class:`Outcome` per reading: its charge lines,
 the account's balance and a prepaid state change.
 
-Rules per reading, those of ``gateway.charging.post_reading``: the first reading of a
+Rules per reading, those of ``gateway.charging.rate_reading``: the first reading of a
 meter is its baseline; no consumption across a discontinuity; a rollover adds the
 register range (x ratio) of a DL/T 645 meter; an unflagged fall is a new baseline;
-an interval with no tariff version in force is not charged (new baseline); while the
-clock is untrusted a time-of-use tariff is not rated (deferred: nothing changes);
-an unbilled account's state advances but nothing is posted.  Rating itself is
-``gateway.billing.rate``'s to the unit, and the state after a charge that of
-``gateway.prepaid.evaluate`` (held ``due_to_trip`` until :meth:`BatchRater.relay_closed`).
+an interval with no tariff version in force is not charged (new baseline); a reading
+with an untrusted time does not move the meter's time: a time-of-use tariff is not
+rated (deferred: nothing changes), flat and tiered ones are rated at the last trusted
+time (a zero-length interval); an unbilled account's state advances but nothing is
+posted.  ``gateway.charging.rate_reading`` is the reference (the tests hold the two
+equal): rating is ``gateway.billing.rate``'s to the unit, and the state after a charge
+that of ``gateway.prepaid.evaluate`` (held ``due_to_trip`` until
+:meth:`BatchRater.relay_closed`).
 
-Per-tariff registers (ENERGY_T1..T4) are used for a time-of-use interval when the
-reading and the meter's previous reading both have at least one of them: the deltas
-of those present in both (none negative, else the total is apportioned by time).
+Per-tariff registers (ENERGY_T1..T4) split a time-of-use interval when the reading and
+the meter's previous one both have all four, none fell (a rollover adds the range) and
+their deltas sum to the total within 10 Wh x ratio each; else energy goes by time.
+
+Not thread-safe: one caller at a time (the Charger holds its lock).  Year and proration
+follow ``calendar`` (a ``BillingYear``) as in the Charger.
 
 What the kernel hands back to Python (``gateway.billing.rate`` here, counted in
 :attr:`BatchRater.fallbacks` by reason): an interval in which a tariff version takes
-effect, one reaching the account's yearly tier reset, a time-of-use interval starting
-more than ``MAX_SPAN_DAYS`` before the batch's last reading (or giving more than
-``MAX_PARTS`` lines), prorated thresholds not matching the tiered version, sizes past
+effect, one reaching the account's yearly tier reset (or the account's first, while its
+reset is not known), with a calendar the first tiered interval of each billing year and
+version (its prorated thresholds are worked out then and held by the kernel), a
+time-of-use interval starting more than ``MAX_SPAN_DAYS`` before the batch's last reading
+(or giving more than ``MAX_PARTS`` lines), prorated thresholds not fitting the tiers, sizes past
 int64 safety (energy x microseconds >= 2**61, cumulative energy > 1e12 Wh) and versions
 the kernel cannot hold (more than ``MAX_TIERS`` tiers, unsorted thresholds, a season
 slot without a price, two versions sharing a number).
@@ -530,15 +538,12 @@ class BatchRater:
         st = self.state
         if n and not 0 <= min(batch.r_meter[:n]) <= max(batch.r_meter[:n]) < len(self.meters):
             raise ValueError("rate_arrays: a meter index out of range")
-        if n:
-            lo = hi = batch.r_ts[0]
-            for i in range(n):
-                ts = batch.r_ts[i]
-                m = batch.r_meter[i]
-                first = st.m_last_ts[m] if st.m_has_last[m] and st.m_last_ts[m] < ts else ts
-                lo = min(lo, first)
-                hi = max(hi, ts)
-            self.tables.cover(lo * 1000, hi * 1000)
+        # the span of the batch's intervals (an untrusted time is not one of their ends)
+        last_ts, has_last, flags, r_ts = st.m_last_ts, st.m_has_last, batch.r_flags, batch.r_ts
+        times = [last_ts[m] for m in set(batch.r_meter[:n]) if has_last[m]]
+        times += [r_ts[i] for i in range(n) if not flags[i] & L.FLAG_TIME_UNTRUSTED]
+        if times:
+            self.tables.cover(min(times) * 1000, max(times) * 1000)
         out = L.Out(n, 4 * n + L.MAX_PARTS)
         python: dict[int, Outcome] = {}
         kernel = self.engine.rate_batch
