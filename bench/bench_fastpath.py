@@ -19,7 +19,11 @@ Figures:
   prorated thresholds are worked out in Python at their first tiered reading).
 - **with outcomes**: plus building every reading's ``Outcome`` (charge lines as
   ``ChargeLine`` objects with datetimes): what a caller wanting everything pays.
-- **billing.rate ns/reading**: the Python reference, one ``rate`` call per interval.
+- **batches of 1**: the same readings one at a time, outcomes included (a caller that
+  rates each reading as it comes, as the Charger does).
+- **rate_reading ns/reading**: the Charger's rating today (``gateway.charging``'s
+  ``rate_reading``, one call per reading, which rates with ``gateway.billing.rate``); its
+  amounts must equal the BatchRater's.
 
 The last line printed is JSON.  Goal: compiled kernel >= 20x faster than the twin.
 """
@@ -32,14 +36,15 @@ import json
 import platform
 import sys
 import time
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
 from types import MappingProxyType, ModuleType
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from gateway import fastpath
-from gateway.billing import BillingYear, Interval, MeterState, TariffBook, TouSeason, rate
+from gateway.billing import BillingYear, TariffBook, TouSeason
+from gateway.charging import AccountYear, Billing, RatingRow, rate_reading
 from gateway.config.model import FlatTariff, TieredTariff, TouSlot, TouTariff
 from gateway.fastpath import _engine_py, layout
 from gateway.fastpath.batch import BatchRater
@@ -181,7 +186,7 @@ def rater_ns(engine: ModuleType, n_meters: int, batches: list[list[Reading]]) ->
     amounts = [o.amount for res in results for o in res]
     outcomes = time.perf_counter_ns() - t
     gc.enable()
-    n = len(batches) * BATCH
+    n = sum(len(b) for b in batches)
     return {
         "rate_ns": spent / n,
         "with_outcomes_ns": (spent + outcomes) / n,
@@ -190,35 +195,34 @@ def rater_ns(engine: ModuleType, n_meters: int, batches: list[list[Reading]]) ->
     }
 
 
-def reference_ns(n_meters: int, batches: list[list[Reading]]) -> float:
-    """ns per reading of gateway.billing.rate, one call per interval (no policy)."""
-    states = {
-        meter: MeterState(meter, f"A{k}", tariff, year_wh=2_759_000 + 10 * k)
-        for k, (meter, tariff, _) in enumerate(meters(n_meters))
-    }
+def charger_ns(n_meters: int, batches: list[list[Reading]]) -> tuple[float, list[int]]:
+    """ns per reading of the Charger's rating today (gateway.charging.rate_reading, one
+    call per reading, its state kept as the Charger keeps it), and every amount."""
+    calendar = BillingYear()
     t0 = to_us(START) // 1000
-    last = {
-        meter: (t0 + 3 * k, 1_000_000 + 37 * k) for k, (meter, _, _) in enumerate(meters(n_meters))
-    }
-    epoch = datetime(1970, 1, 1, tzinfo=ZoneInfo("UTC"))
+    year_end = datetime(2027, 1, 1, tzinfo=SH).astimezone(UTC)
+    billing, rows, years = {}, {}, {}
+    for k, (meter, tariff, registers) in enumerate(meters(n_meters)):
+        opened = date(2026, 2, 1) if k % 4 == 2 else None
+        billing[meter] = Billing(meter, f"A{k}", tariff, False, registers, 1, opened)
+        slots = {1: 250_000 + k, 2: 250_000, 3: 250_000, 4: 250_000} if registers else None
+        rows[meter] = RatingRow(meter, t0 + 3 * k, 1_000_000 + 37 * k, {}, slots)
+        years[f"A{k}"] = AccountYear(2_759_000 + 10 * k, year_end)
+    amounts: list[int] = []
     gc.disable()
     t = time.perf_counter_ns()
-    n = 0
     for batch in batches:
         for reading in batch:
-            ts, e = last[reading.meter]
-            energy = reading.values[Quantity.ENERGY_IMPORT]
-            iv = Interval(
-                epoch + timedelta(milliseconds=ts),
-                epoch + timedelta(milliseconds=reading.ts_ms),
-                energy - e,
-            )
-            states[reading.meter] = rate(states[reading.meter], iv, BOOK).state
-            last[reading.meter] = (reading.ts_ms, energy)
-            n += 1
+            b = billing[reading.meter]
+            rated = rate_reading(rows[reading.meter], reading, b, BOOK, years[b.account], calendar)
+            if rated.state is not None:
+                rows[reading.meter] = rated.state
+            if rated.year is not None:
+                years[b.account] = rated.year
+            amounts.append(rated.amount)
     spent = time.perf_counter_ns() - t
     gc.enable()
-    return spent / n
+    return spent / len(amounts), amounts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,8 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     k_twin, amounts_t = kernel_ns(_engine_py, args.meters, batches)
     r_compiled = rater_ns(compiled, args.meters, batches)
     r_twin = rater_ns(_engine_py, args.meters, batches)
-    ref = reference_ns(args.meters, batches)
-    same = amounts_c == amounts_t and r_compiled["amounts"] == r_twin["amounts"]
+    ref, amounts_ref = charger_ns(args.meters, batches)
+    singles = [[r] for b in batches for r in b]
+    one_compiled = rater_ns(compiled, args.meters, singles)
+    one_twin = rater_ns(_engine_py, args.meters, singles)
+    same = amounts_c == amounts_t and r_compiled["amounts"] == r_twin["amounts"] == amounts_ref
+    same = same and one_compiled["amounts"] == one_twin["amounts"] == amounts_ref
     ratio = k_twin / k_compiled
     print(f"readings        {len(batches) * BATCH} in batches of {BATCH}, {args.meters} meters")
     print(
@@ -248,7 +256,11 @@ def main(argv: list[str] | None = None) -> int:
         f"  + outcomes    compiled {r_compiled['with_outcomes_ns']:8.0f} ns/reading   "
         f"twin {r_twin['with_outcomes_ns']:8.0f}"
     )
-    print(f"billing.rate    {ref:8.0f} ns/reading (Python reference, one call per interval)")
+    print(
+        f"  batches of 1  compiled {one_compiled['with_outcomes_ns']:8.0f} ns/reading   "
+        f"twin {one_twin['with_outcomes_ns']:8.0f}   (with outcomes)"
+    )
+    print(f"rate_reading    {ref:8.0f} ns/reading (the Charger's rating today, per reading)")
     print(f"fallbacks       {r_compiled['fallbacks']}; charges identical: {same}")
     print(
         json.dumps(
@@ -264,7 +276,9 @@ def main(argv: list[str] | None = None) -> int:
                 "rate_ns_twin": round(r_twin["rate_ns"], 1),
                 "with_outcomes_ns_compiled": round(r_compiled["with_outcomes_ns"], 1),
                 "with_outcomes_ns_twin": round(r_twin["with_outcomes_ns"], 1),
-                "billing_rate_ns": round(ref, 1),
+                "batch1_with_outcomes_ns_compiled": round(one_compiled["with_outcomes_ns"], 1),
+                "batch1_with_outcomes_ns_twin": round(one_twin["with_outcomes_ns"], 1),
+                "rate_reading_ns": round(ref, 1),
                 "fallbacks": r_compiled["fallbacks"],
                 "identical": same,
                 "goal_20x": ratio >= 20,

@@ -66,7 +66,11 @@ from gateway.fastpath.tables import SegmentKey, TableBuilder, from_us, to_us
 from gateway.prepaid import PrepaidState, StateChange, Thresholds, evaluate
 from gateway.protocols.quantities import Quantity, Reading
 
-__all__ = ["STATUS", "BatchRater", "BatchResult", "Outcome"]
+__all__ = ["SMALL", "STATUS", "BatchRater", "BatchResult", "Outcome"]
+
+SMALL = 16
+"""Batches up to this size reuse the rater's result arrays (their outcomes are built
+at once); larger ones get their own and build outcomes on access."""
 
 STATUS = {
     L.S_RATED: "rated",
@@ -153,7 +157,8 @@ class Outcome:
 
 
 class BatchResult(Sequence[Outcome]):
-    """The outcomes of one batch, built on access from the kernel's arrays."""
+    """The outcomes of one batch: built on access from the kernel's arrays, or, for a
+    small batch (up to ``SMALL`` readings), at once (its arrays are then reused)."""
 
     def __init__(
         self,
@@ -166,17 +171,27 @@ class BatchResult(Sequence[Outcome]):
         self._rater = rater
         self._meters = meters
         self._ts = ts
-        self.out = out  #: the kernel's arrays
+        self.out: L.Out | None = out  #: the kernel's arrays (None once built at once)
         self._python = python  #: outcomes of readings rated in Python
         self._cache: dict[int, Outcome] = {}
-        self._columns: dict[str, list[int]] | None = None
+        self._columns: Mapping[str, Sequence[int]] | None = None
         self._times: dict[int, datetime] = {}
 
-    def columns(self) -> dict[str, list[int]]:
+    def columns(self) -> Mapping[str, Sequence[int]]:
         """The kernel's arrays as lists (indexing a list is cheaper), made once."""
         if self._columns is None:
+            assert self.out is not None
             self._columns = {name: arr.tolist() for name, arr in vars(self.out).items()}
         return self._columns
+
+    def _build_all(self) -> None:
+        """Every outcome now, straight from the arrays; then let go of them."""
+        assert self.out is not None
+        self._columns = vars(self.out)
+        for i in range(len(self._meters)):
+            self._cache[i] = self._rater._outcome(self, i)
+        self.out = None
+        self._columns = None
 
     def when(self, us: int) -> datetime:
         """``from_us``, remembered (a line's end is often the next line's start)."""
@@ -212,12 +227,18 @@ class BatchResult(Sequence[Outcome]):
     def changes(self) -> list[StateChange]:
         """The prepaid state changes, in reading order."""
         out = self.out
+        if out is None:
+            return [c for o in self if (c := o.change) is not None]
         found = [i for i in range(len(self)) if out.old_state[i] != out.new_state[i]]
         return [c for i in found if (c := self[i].change) is not None]
 
     @property
     def amount(self) -> int:
-        return sum(self.out.amount[i] for i in range(len(self)))
+        """Charged in total by the batch."""
+        out = self.out
+        if out is None:
+            return sum(o.amount for o in self)
+        return sum(out.amount[i] for i in range(len(self)))
 
 
 class BatchRater:
@@ -246,6 +267,7 @@ class BatchRater:
         self._prorated: list[tuple[int, ...] | None] = []  # the full tuples
         self._opened: list[date | None] = []
         self._extra: dict[int, dict[SegmentKey, Running]] = {}  # keys outside the tables
+        self._spare = L.Out(SMALL, 4 * SMALL + L.MAX_PARTS)
         self.fallbacks: Counter[str] = Counter()  #: readings rated in Python, by reason
         self.rated = 0  #: readings the kernel did
 
@@ -544,7 +566,12 @@ class BatchRater:
         times += [r_ts[i] for i in range(n) if not flags[i] & L.FLAG_TIME_UNTRUSTED]
         if times:
             self.tables.cover(min(times) * 1000, max(times) * 1000)
-        out = L.Out(n, 4 * n + L.MAX_PARTS)
+        small = n <= SMALL
+        if small:  # the same arrays every time: the outcomes are built before returning
+            out = self._spare
+            out.used[0] = 0
+        else:
+            out = L.Out(n, 4 * n + L.MAX_PARTS)
         python: dict[int, Outcome] = {}
         kernel = self.engine.rate_batch
         i = 0
@@ -560,7 +587,11 @@ class BatchRater:
                 continue
             python[stop] = self._in_python(batch, out, stop, FALLBACK[reason])
             i = stop + 1
-        return BatchResult(self, list(batch.r_meter), list(batch.r_ts), out, python)
+        result = BatchResult(self, batch.r_meter[:n].tolist(), batch.r_ts[:n].tolist(), out, python)
+        if small:
+            self._spare = out  # grown, perhaps
+            result._build_all()
+        return result
 
     def _in_python(self, batch: L.Batch, out: L.Out, i: int, why: str) -> Outcome:
         """Rate reading ``i`` (the kernel stopped at it) with gateway.billing.rate."""
