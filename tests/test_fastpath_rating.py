@@ -666,3 +666,50 @@ def test_kernel_matches_the_chargers_rating(
         if end == 0:
             flush()
     flush()
+
+
+def test_a_tariff_added_later_keeps_every_meters_state(engine: ModuleType) -> None:
+    # A meter on a tariff the rater has not seen lays the segment arrays out anew.
+    pair = Pair(BOOK, engine)
+    prepaid(pair)
+    pair.meter("f", "A", "flat")
+    t0 = datetime(2026, 3, 2, 9, tzinfo=SH)
+    pair.batch([reading("f", t0, 0), reading("f", t0 + timedelta(hours=1), 777)])
+    before = pair.rater.totals("f")
+    pair.meter("t", "A", "tou")
+    pair.meter("r", "A", "res")
+    # 777 Wh x 0.6128 yuan/kWh = 4761.456 -> 4761
+    assert pair.rater.totals("f") == before == {("flat", 1, "flat"): Running(777, 4761)}
+    later = t0 + timedelta(hours=2)
+    pair.batch([reading("t", t0, 0), reading("r", t0, 0), reading("f", later, 1000)])
+    pair.batch([reading(m, later + timedelta(hours=1), 2000) for m in ("t", "r", "f")])
+
+
+@given(
+    st.integers(-100_000, 100_000),
+    st.integers(-50_000, 50_000),
+    st.integers(0, 50_000),
+    st.integers(0, 30_000),
+    st.integers(0, 30_000),
+    st.sampled_from(["prepaid", "postpaid", "unbilled"]),
+    st.booleans(),
+    st.booleans(),
+)
+def test_kernel_states_are_prepaid_evaluate(
+    engine: ModuleType,
+    balance: int,
+    alarm2: int,
+    above: int,
+    overdraft: int,
+    close_allow: int,
+    kind: AccountType,
+    trips: bool,
+    tripped: bool,
+) -> None:
+    levels = Thresholds(alarm2 + above, alarm2, overdraft, close_allow)
+    rater = BatchRater(BOOK, engine=engine)
+    rater.add_account(
+        "A", account_type=kind, thresholds=levels, trip_on_arrears=trips, tripped=tripped
+    )
+    expected = evaluate(balance, levels, account_type=kind, trip_on_arrears=trips, tripped=tripped)
+    assert layout.STATES[engine.evaluate_state(rater.state, 0, balance)] == expected.value
