@@ -406,3 +406,66 @@ def test_a_meter_removed_in_the_store_is_not_charged_and_the_cache_follows(bench
     assert c.balance("A") == bench.disk_balance("A") == -1_000
     assert c.meters_of("A") == ("m2",) and c.account_of("m1") is None
     assert bench.sql("SELECT count(*) FROM readings") == [(3,)]  # stored all the same
+
+
+def test_apply_runs_a_transaction_with_nothing_rated_in_between(bench: Bench) -> None:
+    from gateway.lifecycle import remove_meter
+    from gateway.lifecycle.base import billing_of
+
+    c = bench.charger
+    for m in ("m1", "m2"):
+        c.submit(reading(m, 0, 0))
+    assert c.wait_idle(10)
+    seen: list[tuple[int, int]] = []  # (disk, memory) seen inside each transaction
+    stop = threading.Event()
+
+    def look(db: object) -> int:
+        disk = int(db.execute("SELECT balance FROM accounts WHERE id = 'A'").fetchone()[0])  # type: ignore[attr-defined]
+        seen.append((disk, c.balance("A")))
+        return disk
+
+    def feed(meter: str) -> None:
+        for i in range(1, 301):
+            c.submit(reading(meter, i, 3 * i))  # 3 Wh a step: 30 each
+
+    def applier() -> None:
+        while not stop.is_set():
+            c.apply(look, reload=False).result(10)
+
+    threads = [threading.Thread(target=feed, args=(m,)) for m in ("m1", "m2")]
+    spinner = threading.Thread(target=applier)
+    spinner.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    spinner.join()
+    # inside every transaction, memory and disk agreed: nothing rated was still queued
+    # and nothing could be rated until the transaction was done
+    assert len(seen) > 1 and all(disk == memory for disk, memory in seen)
+    assert c.wait_idle(10) and c.balance("A") == bench.disk_balance("A") == -2 * 9_000
+    # a removal through apply: the final reading charged once, the cache reloaded with it
+    final = reading("m2", 400, 1_000)  # 100 Wh since the 900 of step 300: 1000
+    billing = billing_of(bench.config, "m2", None)
+    assert billing is not None
+    reloads = c.reloads
+    result = c.apply(
+        lambda db: remove_meter(
+            db, "m2", final, billing=billing, book=c.book, refund=False, reason="t",
+            ts_ms=final.ts_ms,
+        )
+    ).result(10)  # fmt: skip
+    assert result.charged == 1_000 and c.reloads == reloads + 1
+    assert "m2" not in c.billing and c.meters_of("A") == ("m1",)
+    c.submit(reading("m2", 460, 2_000))  # polled once more: journaled, not charged
+    assert c.wait_idle(10)
+    assert c.balance("A") == bench.disk_balance("A") == -19_000
+
+    # a transaction that fails changes nothing and reloads nothing
+    def boom(db: object) -> None:
+        raise ValueError("no")
+
+    with pytest.raises(ValueError):
+        c.apply(boom).result(10)
+    assert c.reloads == reloads + 1

@@ -38,7 +38,9 @@ the year (``opened``) has its tier thresholds prorated.  A customer meter with n
 is charged to the ``vacancy`` account at ``billing.vacancy_tariff`` when one is set (else
 not charged).  Meters the store records as removed, replaced or held
 (:mod:`gateway.store.meters`) are not charged; a recorded account and ratio win over the
-configuration's.
+configuration's.  A lifecycle transaction goes through :meth:`Charger.apply`: under the
+lock, the queued readings written first, then the transaction, then the reload, so no
+reading rated in memory slips in between.
 
 Threads: bus threads, the command thread and the relays call in; one re-entrant lock
 guards the cache.  Listeners are called in order of the changes, outside the lock: when

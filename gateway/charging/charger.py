@@ -13,7 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlite_utils import Database
 
@@ -50,6 +50,8 @@ _logger = logging.getLogger("gateway.charging")
 
 Listener = Callable[[StateChange, tuple[str, ...]], None]
 """Called with each prepaid state change and the meter ids of its account."""
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -462,6 +464,50 @@ class Charger:
         self._deliver()
         self._persist([p for p in states if p.changed])
 
+    # --- lifecycle transactions ------------------------------------------------------------
+
+    def apply(
+        self, fn: Callable[[Database], T], *, reload: bool = True, timeout: float = 60.0
+    ) -> Future[T]:
+        """Run ``fn(db)`` in one durable store-writer transaction with charging paused.
+
+        On the charger's thread, under its lock: the readings already queued are written
+        first, then ``fn`` runs and commits, then (``reload``) the cache is re-read, all
+        before the lock is released; so no reading is rated in memory between the
+        transaction and the reload (a lifecycle operation's final reading and a poll of
+        the same meter cannot both be charged).  Bus threads that meet a billed reading
+        meanwhile wait.  The future gives ``fn``'s result once all that is done, or its
+        exception (the transaction rolled back; nothing reloaded); GatewayError when the
+        charger is closed.  Do not wait on it from a listener or under the lock."""
+        out: Future[T] = Future()
+        try:
+            self._executor.submit(self._apply, fn, reload, timeout, out)
+        except RuntimeError:  # shut down
+            out.set_exception(GatewayError("the charger is closed"))
+        return out
+
+    def _apply(
+        self, fn: Callable[[Database], T], reload: bool, timeout: float, out: Future[T]
+    ) -> None:
+        states: list[_Prepaid] = []
+        with self._lock:
+            with self._idle:
+                if not self._idle.wait_for(lambda: self._inflight == 0, timeout):
+                    _logger.warning("charging: apply with %d readings in flight", self._inflight)
+            try:
+                result = self.writer.call(fn, durable=True).result(timeout)
+            except BaseException as exc:
+                out.set_exception(exc)
+                return
+            if reload:
+                try:
+                    states = self._reload_locked(timeout)
+                except Exception as exc:  # committed all the same: logged, result kept
+                    _logger.error("charging: reload after apply failed: %s", exc)
+        self._deliver()
+        self._persist([p for p in states if p.changed])
+        out.set_result(result)
+
     # --- (re)loading -----------------------------------------------------------------------
 
     def reload(self, timeout: float = 60.0) -> None:
@@ -471,12 +517,16 @@ class Charger:
             with self._idle:
                 if not self._idle.wait_for(lambda: self._inflight == 0, timeout):
                     _logger.warning("charging: reload with %d readings in flight", self._inflight)
-            snap = self.writer.call(read_snapshot).result(timeout)
-            self._rebuild(snap)
-            self.reloads += 1
-            states = [self._evaluate(a, self.now_ms(), None) for a in self._accounts.values()]
+            states = self._reload_locked(timeout)
         self._deliver()
         self._persist([p for p in states if p.changed])
+
+    def _reload_locked(self, timeout: float) -> list[_Prepaid]:
+        """Under the lock, nothing in flight: re-read the cache; the states to persist."""
+        snap = self.writer.call(read_snapshot).result(timeout)
+        self._rebuild(snap)
+        self.reloads += 1
+        return [self._evaluate(a, self.now_ms(), None) for a in self._accounts.values()]
 
     def _rebuild(self, snap: Snapshot) -> None:
         config = self.config
