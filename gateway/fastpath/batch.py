@@ -532,7 +532,7 @@ class BatchRater:
     def rate(self, readings: Sequence[Reading]) -> BatchResult:
         """Rate ``readings`` (1..N, any meters, in order); the outcome of each."""
         index = self.meter_index
-        batch = L.Batch(0)
+        batch = L.Batch.__new__(L.Batch)  # every array set below
         batch.n = len(readings)
         batch.r_meter = array("q", [index[r.meter] for r in readings])
         batch.r_ts = array("q", [r.ts_ms for r in readings])
