@@ -230,3 +230,16 @@ def test_relay_test_trips_and_closes(tmp_path: Path) -> None:
         b.relays.set_protect("A", True)
         assert b.relays.test("d1").result(1)["error"] == "account in protect mode"
         assert not b.relay_closed("d2") and b.relay_closed("d1")
+
+
+def test_a_meter_whose_clock_is_a_day_ahead_is_tripped_by_its_own_clock(
+    tmp_path: Path,
+) -> None:
+    with charged_bench(tmp_path, DL, [(dl(1), "A")], ["A"], FAST) as b:
+        b.sim.control("d1", "drift", {"offset_s": 86_400})
+        b.step(60)  # A due; the first trip's deadline is yesterday by the meter's clock
+        event = b.wait_event(EventCode.RELAY_TRIPPED, "d1")
+        assert event.detail["sends"] == 2 and not b.relay_closed("d1")
+        counters = b.sim.truth("d1")["meters"]["d1"]["counters"]
+        assert counters["control-refused-expired"] == 1 and counters["control-trip"] == 1
+        assert b.events(EventCode.RELAY_UNCONFIRMED) == []

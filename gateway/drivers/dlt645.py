@@ -17,7 +17,7 @@ standard asks for 1 to 4 before a frame).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import date, datetime, time
 
 from gateway.config import Meter, SerialBus
 from gateway.drivers.base import MeterDriver, Transaction, WrongAddress
@@ -48,6 +48,8 @@ __all__ = [
     "RELAY_STATE_DI",
     "Dlt645Driver",
     "Dlt645Reader",
+    "meter_clock",
+    "meter_clock_read",
     "relay_command",
     "relay_position",
     "relay_readback",
@@ -247,3 +249,18 @@ def relay_position(result: JobResult) -> bool | None:
     if not isinstance(word, int):
         return None
     return bool(word & StatusWord3.RELAY_OPEN)
+
+
+def meter_clock_read(meter_id: str) -> ReadJob:
+    """Read the meter's date and time (04000101, 04000102): what its deadlines are
+    checked against."""
+    return ReadJob(meter_id, (0x04000101, 0x04000102))
+
+
+def meter_clock(result: JobResult) -> datetime | None:
+    """The meter's local wall time (naive) from a :func:`meter_clock_read` result."""
+    day = result.values.get(0x04000101) if result.ok else None
+    at = result.values.get(0x04000102) if result.ok else None
+    if not isinstance(day, date) or not isinstance(at, time):
+        return None
+    return datetime.combine(day, at)

@@ -12,7 +12,11 @@ the Modbus profile's relay register), also at RELAY priority.  Not in the wanted
 position: the command is sent again, up to ``confirm_attempts`` sends, then a
 ``RELAY_UNCONFIRMED`` event and a status alarm; further rounds follow at doubling
 intervals (ten times ``confirm_delay_s``, up to 15 minutes) while the trip or close is
-still wanted, and a confirmation clears the alarm.  A close-allow (1B) the meter accepted
+still wanted, and a confirmation clears the alarm.  A DL/T 645 command the meter
+refuses (or that cannot be encoded) makes the controller read the meter's clock once:
+a meter checks the validity deadline against its own clock, and ours may be untrusted
+or the meter's off, so when the two differ by more than a minute the later deadlines of
+that meter follow its clock.  A close-allow (1B) the meter accepted
 waits for the tenant's button: the position is read back at growing intervals (up to a
 minute) until it shows closed.  Each confirmed trip and close is a ``RELAY_TRIPPED`` /
 ``RELAY_CLOSED`` event with the balance that caused it; once every meter of an account
@@ -75,6 +79,8 @@ BUTTON_WAIT_MAX_S = 60.0
 RECHECK_MIN_S = 5.0
 """Least wait before an open relay of an account the charger does not hold tripped is
 looked at again after a restart (then: twice the poll interval)."""
+CLOCK_SLACK_S = 60.0
+"""A meter clock this close to ours is taken as ours (deadlines from our clock)."""
 RETRY_MAX_S = 900.0
 """Longest pause between rounds of sends for a relay that stays unconfirmed (the first
 pause is ten times ``confirm_delay_s``, at least 1 s, doubling)."""
@@ -102,6 +108,7 @@ class _Op:
     cause: str | None = None
     cancelled: bool = False
     round: int = 0
+    clock_read: bool = False
     """0 for the first round of sends; then the retries after an unconfirmed round."""
     done: Future[bool] = field(default_factory=Future)
 
@@ -139,6 +146,7 @@ class RelayController:
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
         self._positions: dict[str, Position] = {}
+        self._meter_offsets: dict[str, timedelta] = {}
         self._ops: dict[str, _Op] = {}
         self._delayed: dict[str, tuple[datetime, tuple[str, ...]]] = {}
         self._blocked: dict[str, str] = {}
@@ -453,7 +461,11 @@ class RelayController:
         if op.sends > 1:
             with self._lock:
                 self.counts["resends"] += 1
-        valid_until = self.clock.local() + timedelta(seconds=self.settings.trip_valid_s)
+        now = self.clock.local()
+        offset = self._meter_offsets.get(op.target.id)
+        if offset is not None:
+            now += offset
+        valid_until = now + timedelta(seconds=self.settings.trip_valid_s)
         job = op.target.command(open_=op.open, allow=op.allow, valid_until=valid_until)
         try:
             bus = self.buses(op.target.id)
@@ -478,7 +490,33 @@ class RelayController:
                 op.sends,
                 result.error,
             )
+            clock_read = op.target.clock_read()
+            if clock_read is not None and not op.clock_read:
+                # refused (a deadline past by the meter's clock?) or not encodable (our
+                # clock's year): base the next deadlines on the meter's own clock
+                op.clock_read = True
+                asked = self.clock.local()
+                read = self.buses(op.target.id).submit(clock_read, Priority.RELAY)
+                read.add_done_callback(lambda f: self._clock(op, asked, f))
         self._later(self.settings.confirm_delay_s, lambda: self._readback(op))
+
+    def _clock(self, op: _Op, asked: datetime, future: Future[JobResult]) -> None:
+        if future.cancelled():
+            return
+        meter_time = op.target.clock(future.result())
+        if meter_time is None:
+            return
+        offset = meter_time - asked.replace(tzinfo=None, microsecond=0)
+        with self._lock:
+            if abs(offset) < timedelta(seconds=CLOCK_SLACK_S):
+                self._meter_offsets.pop(op.target.id, None)
+                return
+            self._meter_offsets[op.target.id] = offset
+        _logger.warning(
+            "relays: meter %s's clock is %+d s from ours: its deadlines follow its clock",
+            op.target.id,
+            int(offset.total_seconds()),
+        )
 
     def _readback(self, op: _Op) -> None:
         if op.cancelled:

@@ -50,6 +50,14 @@ class RelayTarget:
         """Whether a close in ``allow`` mode only permits the tenant's button."""
         return allow and self.protocol == "dlt645"
 
+    def clock_read(self) -> Job | None:
+        """The read of the meter's clock (DL/T 645: deadlines are checked against it)."""
+        return dlt645.meter_clock_read(self.id) if self.protocol == "dlt645" else None
+
+    def clock(self, result: JobResult) -> datetime | None:
+        """The meter's local wall time (naive) from a :meth:`clock_read` result."""
+        return dlt645.meter_clock(result)
+
     def readback(self) -> Job:
         if self.protocol == "dlt645":
             return dlt645.relay_readback(self.id)
