@@ -234,7 +234,7 @@ class RelayController:
         _logger.info("relays: account %s protect %s", account, "on" if on else "off")
         if not on and self.charger.state(account) == PrepaidState.DUE_TO_TRIP:
             meters = self.charger.meters_of(account)
-            self._due(account, meters, self.charger.balance(account), "protect-lifted", False)
+            self._due(account, meters, self._balance(account), "protect-lifted", False)
 
     def resume(self) -> None:
         """Clear a trip-storm stop; accounts still due are tripped now (without counting)."""
@@ -251,7 +251,7 @@ class RelayController:
         for account in self.charger.accounts_in(PrepaidState.DUE_TO_TRIP):
             if account in self._trips:
                 meters = self.charger.meters_of(account)
-                self._due(account, meters, self.charger.balance(account), "resume", False)
+                self._due(account, meters, self._balance(account), "resume", False)
 
     def test(self, meter: str) -> Future[dict[str, object]]:
         """Relay test: trip, confirm, close (direct), confirm.  The future gives a dict with
@@ -426,6 +426,13 @@ class RelayController:
             self.storm.accounts,
             int(self.storm.window_s),
         )
+
+    def _balance(self, account: str) -> int:
+        """The charger's balance of ``account`` (0 for one it does not keep)."""
+        try:
+            return self.charger.balance(account)
+        except KeyError:
+            return 0
 
     def _close_allow_of(self, account: str) -> int:
         """The account's close-allow level: the charger's (a command may have set it)."""
@@ -676,7 +683,7 @@ class RelayController:
                 return
         elif state == PrepaidState.DUE_TO_TRIP:
             return
-        balance = self.charger.balance(account)
+        balance = self._balance(account)
         again = _Op(op.target, account, op.open, balance, "retry", op.allow, round=op.round + 1)
         self._start(again)
 
@@ -708,7 +715,7 @@ class RelayController:
                                 account, is_open, True, None, self._now_ms()
                             )
             state = self.charger.state(account)
-            balance = self.charger.balance(account)
+            balance = self._balance(account)
             if state == PrepaidState.DUE_TO_TRIP:
                 closed = [m for m in meters if found.get(m) is False]
                 if closed:
@@ -730,7 +737,7 @@ class RelayController:
 
     def _recheck(self, account: str, meters: tuple[str, ...]) -> None:
         state = self.charger.state(account)
-        balance = self.charger.balance(account)
+        balance = self._balance(account)
         if state in (PrepaidState.DUE_TO_TRIP, PrepaidState.MAY_CLOSE):
             return  # the charger's listener took it over
         if balance > self._close_allow_of(account):
@@ -775,7 +782,7 @@ class RelayController:
                 del self._delayed[account]
         for account, meters in ended:
             if self.charger.state(account) == PrepaidState.DUE_TO_TRIP:
-                balance = self.charger.balance(account)
+                balance = self._balance(account)
                 self._due(account, meters, balance, "quiet-ended", False)
 
     # --- records --------------------------------------------------------------------------
