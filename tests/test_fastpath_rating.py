@@ -713,3 +713,18 @@ def test_kernel_states_are_prepaid_evaluate(
     )
     expected = evaluate(balance, levels, account_type=kind, trip_on_arrears=trips, tripped=tripped)
     assert layout.STATES[engine.evaluate_state(rater.state, 0, balance)] == expected.value
+
+
+def test_a_small_batch_outgrowing_the_reused_arrays(engine: ModuleType) -> None:
+    # Ten meters, each a 5-day time-of-use interval (about 25 lines): 250 lines, more
+    # than the arrays small batches share (16 x 4 + MAX_PARTS): they grow, results exact.
+    pair = Pair(BOOK, engine)
+    prepaid(pair, year_end=datetime(2027, 1, 1, tzinfo=SH))
+    meters = [f"t{k}" for k in range(10)]
+    for name in meters:
+        pair.meter(name, "A", "tou")
+    start = datetime(2026, 3, 2, 0, 30, tzinfo=SH)
+    pair.batch([reading(name, start, 0) for name in meters])
+    result = pair.batch([reading(name, start + timedelta(days=5), 9_000) for name in meters])
+    assert sum(len(o.lines) for o in result) > 16 * 4 + layout.MAX_PARTS
+    assert pair.rater.fallbacks.total() == 0
