@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from array import array
 
+from gateway.fastpath import layout as _layout
 from gateway.fastpath.layout import (
     ACCOUNT_PREPAID,
     ACCOUNT_UNBILLED,
@@ -52,6 +53,7 @@ from gateway.fastpath.layout import (
 
 __all__ = [
     "ENERGY_MAX_WH",
+    "LAYOUT",
     "PRICE_MAX",
     "charge_batch",
     "cumulative_cost",
@@ -97,6 +99,13 @@ def charge_batch(cum_wh: array[int], price: array[int], posted: array[int]) -> a
 # Line for line the twin of ``rate_batch`` in _engine.pyx; the layout is in layout.py and
 # the rules are those of gateway.billing.rating (rate: _pieces, _apportion,
 # _by_registers, _tier_split, _merge) and gateway.prepaid.evaluate.
+
+LAYOUT: dict[str, int] = {
+    name: getattr(_layout, name)
+    for name in _layout.__all__
+    if name.isupper() and name not in ("NONE", "UNKNOWN", "STATES", "S_ERROR")
+}
+"""The layout constants this build uses (the compiled one lists its own)."""
 
 _LIMIT = 2**61
 """energy x duration (us) must stay below this (the apportioning's products)."""
