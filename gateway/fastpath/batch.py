@@ -38,6 +38,20 @@ slot without a price, two versions sharing a number).
 
 Layering note: unlike the kernel, this wrapper imports ``gateway.billing`` (the Python
 rating for the cases above and the result types) and ``gateway.prepaid``.
+
+Wiring into the Charger (its lock held, as now): build one ``BatchRater(book,
+engine=..., calendar=BillingYear)`` at (re)load, :meth:`~BatchRater.add_account` per
+account (balance, thresholds, type, trip flag, ``year_wh``/``year_end_us`` from its
+``AccountYear``, ``opened``, the tracker's state and tripped flag) and
+:meth:`~BatchRater.add_meter` per billed meter (``rollover_wh`` = register range x
+ratio for DL/T 645, ``ratio``, ``last`` / ``registers`` / ``totals`` from its
+``RatingRow``).  Per reading, ``o = rater.rate([reading])[0]`` replaces
+``rate_reading``: ``o.status`` rated / unbilled are its ``rated``, baseline / no_tariff
+its ``baseline``; the new RatingRow is ``last()``, ``totals()``, ``registers()``; the
+new AccountYear ``(o.year_wh, o.year_end)``; ``o.lines``, ``o.amount``, ``o.balance``
+and ``o.change`` are what it posts and tells the listeners.  Top-ups, relay closing
+and new levels go through :meth:`~BatchRater.set_balance`,
+:meth:`~BatchRater.relay_closed` and :meth:`~BatchRater.set_thresholds`.
 """
 
 from __future__ import annotations
