@@ -243,3 +243,22 @@ def test_a_meter_whose_clock_is_a_day_ahead_is_tripped_by_its_own_clock(
         counters = b.sim.truth("d1")["meters"]["d1"]["counters"]
         assert counters["control-refused-expired"] == 1 and counters["control-trip"] == 1
         assert b.events(EventCode.RELAY_UNCONFIRMED) == []
+
+
+def test_no_trips_on_listed_holidays(tmp_path: Path) -> None:
+    clock = ManualClock(datetime(2025, 10, 2, 4, 0, tzinfo=UTC))  # 12:00, a holiday
+    extra = (
+        "billing: {holidays: [2025-10-01, 2025-10-02, 2025-10-03],"
+        " thresholds: {alarm1: 0, alarm2: 0, overdraft_limit: 10}}\n"
+        "relays: {confirm_delay_s: 0.1, quiet_on_holidays: true}\n"
+    )
+    with charged_bench(tmp_path, DL, [(dl(1), "A")], ["A"], extra, clock=clock) as b:
+        b.step(60)
+        delayed = b.wait_event(EventCode.TRIP_DELAYED, "d1")
+        assert delayed.detail["until"] == "2025-10-04T00:00:00+08:00"
+        clock.set(datetime(2025, 10, 3, 15, 59, tzinfo=UTC))  # 23:59 on the last holiday
+        time.sleep(0.5)
+        assert b.relay_closed("d1")
+        clock.set(datetime(2025, 10, 3, 16, 0, 1, tzinfo=UTC))  # the first working day
+        event = b.wait_event(EventCode.RELAY_TRIPPED, "d1")
+        assert event.detail["reason"] == "quiet-ended" and not b.relay_closed("d1")
