@@ -498,7 +498,8 @@ class RelayController:
                 result.error,
             )
             clock_read = op.target.clock_read()
-            if clock_read is not None and not op.clock_read:
+            refused = result.cause is None or result.cause.startswith("negative")
+            if clock_read is not None and refused and not op.clock_read:
                 # refused (a deadline past by the meter's clock?) or not encodable (our
                 # clock's year): base the next deadlines on the meter's own clock
                 op.clock_read = True
