@@ -490,14 +490,14 @@ def test_tables_unknown_to_the_kernel_and_full_line_arrays(engine: ModuleType) -
     start = datetime(2026, 3, 2, 0, 30, tzinfo=SH)
     pair.batch([reading("m", start, 0)])
     pair.batch([reading("m", start + timedelta(hours=1), 20)])
-    assert pair.rater.fallbacks == {"range": 1}
+    assert pair.rater.fallbacks == {"unsupported": 1}
     meters = [f"t{k}" for k in range(200)]
     for name in meters:
         pair.meter(name, "A", "tou")
     pair.batch([reading(name, start, 0) for name in meters])
     result = pair.batch([reading(name, start + timedelta(hours=23), 2300) for name in meters])
     assert [len(o.lines) for o in result] == [6] * 200
-    assert pair.rater.fallbacks == {"range": 1}
+    assert pair.rater.fallbacks == {"unsupported": 1}
 
 
 def test_the_builds_constants_match_the_layout(engine: ModuleType) -> None:

@@ -92,6 +92,7 @@ cdef enum:
     FALLBACK_RANGE = 12
     FALLBACK_TIMELINE = 13
     FALLBACK_THRESHOLDS = 14
+    FALLBACK_UNSUPPORTED = 15
     NEED_ROOM = 19
 
 cdef long long _NONE = 0x7FFFFFFFFFFFFFFF
@@ -105,6 +106,7 @@ LAYOUT = {
     "S_UNBILLED": S_UNBILLED, "FALLBACK_VERSION": FALLBACK_VERSION,
     "FALLBACK_YEAR_END": FALLBACK_YEAR_END, "FALLBACK_RANGE": FALLBACK_RANGE,
     "FALLBACK_TIMELINE": FALLBACK_TIMELINE, "FALLBACK_THRESHOLDS": FALLBACK_THRESHOLDS,
+    "FALLBACK_UNSUPPORTED": FALLBACK_UNSUPPORTED,
     "NEED_ROOM": NEED_ROOM, "KIND_FLAT": KIND_FLAT, "KIND_TOU": KIND_TOU,
     "KIND_TIERED": KIND_TIERED, "KIND_PYTHON": KIND_PYTHON,
     "ACCOUNT_PREPAID": ACCOUNT_PREPAID, "ACCOUNT_POSTPAID": ACCOUNT_POSTPAID,
@@ -394,7 +396,7 @@ cdef Py_ssize_t _rate(
             break
         kind = v_kind[v]
         if kind == KIND_PYTHON:
-            o_status[i] = FALLBACK_RANGE
+            o_status[i] = FALLBACK_UNSUPPORTED
             break
         year_end = a_year_end[a]
         if year_end != _NONE and (t1 > year_end or t0 >= year_end):

@@ -19,6 +19,7 @@ from gateway.fastpath.layout import (
     FALLBACK_RANGE,
     FALLBACK_THRESHOLDS,
     FALLBACK_TIMELINE,
+    FALLBACK_UNSUPPORTED,
     FALLBACK_VERSION,
     FALLBACK_YEAR_END,
     FLAG_DISCONTINUITY,
@@ -250,7 +251,7 @@ def rate_batch(tb: Tables, st: State, bt: Batch, out: Out, start: int) -> int:
             break
         kind = tb.v_kind[v]
         if kind == KIND_PYTHON:
-            out.status[i] = FALLBACK_RANGE
+            out.status[i] = FALLBACK_UNSUPPORTED
             break
         year_end = st.a_year_end[a]
         if year_end != NONE and (t1 > year_end or t0 >= year_end):

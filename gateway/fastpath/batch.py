@@ -32,9 +32,9 @@ reset is not known), with a calendar the first tiered interval of each billing y
 version (its prorated thresholds are worked out then and held by the kernel), a
 time-of-use interval starting more than ``MAX_SPAN_DAYS`` before the batch's last reading
 (or giving more than ``MAX_PARTS`` lines), prorated thresholds not fitting the tiers, sizes past
-int64 safety (energy x microseconds >= 2**61, cumulative energy > 1e12 Wh) and versions
-the kernel cannot hold (more than ``MAX_TIERS`` tiers, unsorted thresholds, a season
-slot without a price, two versions sharing a number).
+int64 safety (``range``: energy x microseconds >= 2**61, cumulative energy > 1e12 Wh)
+and versions the kernel cannot hold (``unsupported``: more than ``MAX_TIERS`` tiers,
+unsorted thresholds, a season slot without a price, two versions sharing a number).
 
 Layering note: unlike the kernel, this wrapper imports ``gateway.billing`` (the Python
 rating for the cases above and the result types) and ``gateway.prepaid``.
@@ -103,6 +103,7 @@ FALLBACK = {
     L.FALLBACK_RANGE: "range",
     L.FALLBACK_TIMELINE: "timeline",
     L.FALLBACK_THRESHOLDS: "thresholds",
+    L.FALLBACK_UNSUPPORTED: "unsupported",
 }
 _TYPES: dict[str, int] = {
     "prepaid": L.ACCOUNT_PREPAID,

@@ -21,6 +21,7 @@ __all__ = [
     "FALLBACK_RANGE",
     "FALLBACK_THRESHOLDS",
     "FALLBACK_TIMELINE",
+    "FALLBACK_UNSUPPORTED",
     "FALLBACK_VERSION",
     "FALLBACK_YEAR_END",
     "FLAG_DISCONTINUITY",
@@ -95,9 +96,10 @@ S_ERROR = 7  #: rating raised (set by the wrapper; the reading changed nothing)
 # Why the kernel stopped at a reading (the caller rates it in Python, then resumes):
 FALLBACK_VERSION = 10  #: a tariff version takes effect inside the interval
 FALLBACK_YEAR_END = 11  #: the interval reaches the account's yearly tier reset
-FALLBACK_RANGE = 12  #: sizes beyond int64 safety, or a version the kernel cannot hold
+FALLBACK_RANGE = 12  #: sizes beyond int64 safety (energy x duration, cumulative energy)
 FALLBACK_TIMELINE = 13  #: outside the batch's time-of-use table, or too many lines
 FALLBACK_THRESHOLDS = 14  #: the account's prorated thresholds do not fit the version
+FALLBACK_UNSUPPORTED = 15  #: a tariff version the kernel cannot hold (KIND_PYTHON)
 NEED_ROOM = 19  #: the line arrays are full (internal: the wrapper grows them)
 
 
