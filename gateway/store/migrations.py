@@ -254,3 +254,18 @@ def _prepaid(db: Database) -> None:
         " ts_ms INTEGER NOT NULL)",
     ):
         db.execute(statement)
+
+
+@JOURNAL(9, "tariff versions received by command")
+def _tariff_versions(db: Database) -> None:
+    # gateway.tariff_updates: every tariff version the master sent (TARIFF command), once
+    # per (tariff, version), as its command arguments (CBOR; read back through the same
+    # validation as the configuration's); the book is the config's versions and these.
+    # ``adjustments`` (CBOR map account -> ledger entry id) are the re-rating entries a
+    # late version posted in the same transaction.
+    db.execute(
+        "CREATE TABLE tariff_versions (tariff TEXT NOT NULL, version INTEGER NOT NULL,"
+        " effective_ms INTEGER NOT NULL, kind TEXT NOT NULL, args BLOB NOT NULL,"
+        " received_ms INTEGER NOT NULL, adjustments BLOB NOT NULL,"
+        " PRIMARY KEY (tariff, version))"
+    )
