@@ -41,7 +41,7 @@ from gateway.store.ledger import (
     journal_with_charges,
     post_charges,
 )
-from gateway.store.meters import chargeable
+from gateway.store.meters import chargeable, hold
 from gateway.store.writer import StoreWriter
 
 __all__ = ["Charger", "Listener"]
@@ -145,11 +145,13 @@ class Charger:
     def submit(self, record: Reading | MeterEvent) -> None:
         """The poller's journal: a billed meter's reading is charged (a curve point is
         not a poll: stored only); anything else goes to the store writer."""
-        if (
-            not isinstance(record, Reading)
-            or record.meter not in self.billing
-            or record.flags & FLAG_CURVE
-        ):
+        if not isinstance(record, Reading):
+            if record.code == EventCode.METER_NUMBER_CHANGED and record.meter in self.billing:
+                self._hold(record)
+            else:
+                self.writer.submit(record)
+            return
+        if record.meter not in self.billing or record.flags & FLAG_CURVE:
             self.writer.submit(record)
             return
         with self._lock:
@@ -171,6 +173,54 @@ class Charger:
             return
         self._deliver()
         self._queue(job)
+
+    def _hold(self, event: MeterEvent) -> None:
+        """The meter's number changed without a work order (domain.md): under the lock it
+        leaves billing (its later readings are journaled, not charged) and one durable
+        transaction writes the event and holds it in the store
+        (:func:`gateway.store.meters.hold`) until :func:`gateway.lifecycle.confirm_meter`.
+        Queued after the meter's readings already rated, so those are charged first."""
+        with self._lock:
+            billing = self.billing.pop(event.meter, None)
+            if billing is None:  # reloaded meanwhile
+                self.writer.submit(event)
+                return
+            self._states.pop(event.meter, None)
+            self._account_of.pop(event.meter, None)
+            left = tuple(m for m in self._meters_of.get(billing.account, ()) if m != event.meter)
+            self._meters_of[billing.account] = left
+            why = f"meter number {event.detail.get('old')} -> {event.detail.get('new')}"
+
+            def run(db: Database) -> None:
+                journal_with_charges(db, event, ())
+                hold(
+                    db,
+                    event.meter,
+                    account=None if billing.account == VACANCY else billing.account,
+                    ratio=billing.ratio,
+                    ts_ms=event.ts_ms,
+                    why=why,
+                )
+
+            try:
+                future = self.writer.call(run, durable=True)
+            except GatewayError as exc:  # the writer is closed
+                _logger.error("charging: hold of %s not stored: %s", event.meter, exc)
+                return
+        _logger.warning(
+            "charging: meter %s held (%s), not charged until confirmed", event.meter, why
+        )
+        future.add_done_callback(lambda f: self._held(event.meter, f))
+
+    def _held(self, meter: str, future: Future[None]) -> None:
+        """Writer thread: a hold that did not commit leaves memory ahead: reload."""
+        exc = future.exception()
+        if exc is None:
+            return
+        _logger.error("charging: hold of %s not stored (%s); reloading", meter, exc)
+        if not self._closed:
+            with contextlib.suppress(RuntimeError):
+                self._executor.submit(self._reload_quietly)
 
     def _rate(self, reading: Reading, billing: Billing) -> _Job:
         """Under the lock: rate in memory, move the balance, evaluate the state."""
