@@ -727,3 +727,22 @@ def test_a_small_batch_outgrowing_the_reused_arrays(engine: ModuleType) -> None:
     result = pair.batch([reading(name, start + timedelta(days=5), 9_000) for name in meters])
     assert sum(len(o.lines) for o in result) > 16 * 4 + layout.MAX_PARTS
     assert pair.rater.fallbacks.total() == 0
+
+
+def test_tou_across_a_daylight_saving_change(engine: ModuleType) -> None:
+    # Slot tables are wall time; in Berlin the night of 28-29 March 2026 is an hour short.
+    # 21:00 -> 09:00 wall is 11 real hours, 1100 Wh: peak 21-22 (1 h) 100 Wh x 9000 = 900,
+    # valley 22-08 wall (9 real hours) 900 Wh x 3000 = 2700, peak 08-09 100 Wh = 900.
+    berlin = ZoneInfo("Europe/Berlin")
+    book = TariffBook([TOU], calendar=DayCalendar(timezone="Europe/Berlin"))
+    pair = Pair(book, engine)
+    prepaid(pair, year_end=datetime(2027, 1, 1, tzinfo=SH))
+    pair.meter("t", "A", "tou")
+    t0, t1 = datetime(2026, 3, 28, 21, tzinfo=berlin), datetime(2026, 3, 29, 9, tzinfo=berlin)
+    result = pair.batch([reading("t", t0, 0), reading("t", t1, 1100)])
+    assert [(ln.key, ln.energy_wh, ln.amount) for ln in result[1].lines] == [
+        ("slot:2", 100, 900),
+        ("slot:4", 900, 2700),
+        ("slot:2", 100, 900),
+    ]
+    assert pair.rater.fallbacks.total() == 0
