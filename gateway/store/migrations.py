@@ -269,3 +269,24 @@ def _tariff_versions(db: Database) -> None:
         " received_ms INTEGER NOT NULL, adjustments BLOB NOT NULL,"
         " PRIMARY KEY (tariff, version))"
     )
+
+
+@JOURNAL(10, "closed billing year, account records, vacancy lists")
+def _accounts_and_years(db: Database) -> None:
+    # gateway.charging: the account's tier total of the billing year that closed at its
+    # last yearly reset (closed_end_ms: that reset, UTC ms), for the yearly record.
+    # gateway.lifecycle.accounts: accounts opened, changed or closed by command, overriding
+    # the configuration's (type, tariff, trip flag, opening day; status open | closed).
+    # gateway.tasks.vacancy: the days whose vacancy exception list was written (once each).
+    for statement in (
+        "ALTER TABLE rating_year ADD COLUMN closed_wh INTEGER",
+        "ALTER TABLE rating_year ADD COLUMN closed_end_ms INTEGER",
+        "CREATE TABLE account_records (id TEXT PRIMARY KEY,"
+        " type TEXT NOT NULL CHECK (type IN ('prepaid', 'postpaid', 'unbilled')),"
+        " tariff TEXT, trip_on_arrears INTEGER NOT NULL, opened TEXT,"
+        " status TEXT NOT NULL CHECK (status IN ('open', 'closed')),"
+        " since_ms INTEGER NOT NULL, reason TEXT NOT NULL DEFAULT '')",
+        "CREATE TABLE vacancy_lists (day TEXT PRIMARY KEY, taken_ms INTEGER NOT NULL,"
+        " meters INTEGER NOT NULL, amount INTEGER NOT NULL)",
+    ):
+        db.execute(statement)
