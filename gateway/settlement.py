@@ -16,8 +16,10 @@ for the yearly record 00:00 local of ``billing.year_start``) and holds, per acco
   freeze (DL/T 645 0001FF01, or that day's daily freeze; read from 00:05) when one is
   journaled by the time the snapshot is taken;
 - for the yearly record, ``year_wh``: the account's billing-year tier total of the year
-  that ended, when it is exactly known (no rated interval ended after the moment: the
-  charger resets the total at the first reading past it); None otherwise.
+  that ended: the total the charger kept when it reset it (``rating_year.closed_wh``,
+  store migration 10: the total before the reset plus the crossing interval's energy
+  before it), or, before any reset, the running total when no rated interval ended after
+  the moment; None when neither is known (a reset before migration 10, say).
 
 Each snapshot is written once per (kind, period, account) and never changed: taking it
 again returns the stored one, so the calendar task may run it as often as it likes.  The
@@ -303,11 +305,14 @@ def _year_wh(
     db: Database, account: str, at_ms: int, meters: dict[str, tuple[str, int]]
 ) -> int | None:
     row = db.execute(
-        "SELECT year_wh, year_end_ms FROM rating_year WHERE account = ?", (account,)
+        "SELECT year_wh, year_end_ms, closed_wh, closed_end_ms FROM rating_year WHERE account = ?",
+        (account,),
     ).fetchone()
     if row is None:
         return 0
-    year_wh, year_end = int(row[0]), row[1]
+    year_wh, year_end, closed_wh, closed_end = int(row[0]), row[1], row[2], row[3]
+    if closed_end is not None and int(closed_end) == at_ms:
+        return int(closed_wh)  # kept by the charger at the reset
     if year_end is not None:
         return year_wh if int(year_end) == at_ms else None
     for meter in meters:  # no reset time known: exact only if nothing after the moment

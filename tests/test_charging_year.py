@@ -12,9 +12,11 @@ from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from gateway.billing import TariffBook
 from gateway.charging import Charger
 from gateway.config import GatewayConfig, parse_config
 from gateway.protocols.quantities import Quantity, Reading
+from gateway.settlement import yearly_record
 from gateway.store import Store
 from gateway.store.ledger import sync_accounts
 
@@ -177,6 +179,20 @@ def test_the_tier_total_resets_at_the_year_start_also_across_a_restart(tmp_path:
     finally:
         conn.close()
     assert (year, end) == (36_600, ms(2026, 1, 1))
+    # the closed year's total was kept at the reset: 36000 + the 600 Wh before it
+    store = Store.open(path, gateway_id="gw")
+    try:
+        closed = store.writer.call(
+            lambda db: db.execute("SELECT closed_wh, closed_end_ms FROM rating_year").fetchone()
+        ).result(10)
+        assert tuple(closed) == (36_600, ms(2025, 1, 1))
+        book = TariffBook.from_config(cfg)
+        taken = store.writer.call(
+            lambda db: yearly_record(db, 2025, ms(2025, 1, 2), config=cfg, book=book)
+        ).result(10)
+        assert {s.account: s.year_wh for s in taken}["A"] == 36_600
+    finally:
+        store.close()
 
 
 def test_tier_thresholds_are_prorated_for_an_account_opened_mid_year(tmp_path: Path) -> None:

@@ -100,14 +100,28 @@ def test_yearly_record_holds_the_closed_years_tier_total(bench: Bench) -> None:
     assert r.balance == -(14_581_080 + 1_387_920)
 
 
-def test_yearly_total_unknown_once_a_reading_past_the_moment_is_rated(bench: Bench) -> None:
+def test_the_closed_years_total_is_kept_at_the_reset(bench: Bench) -> None:
     bench.post("r1", 0, 0)
     bench.post("r1", JULY - 60, 3_000_000)
-    bench.post("r1", JULY + 60, 3_001_000)  # rated after the moment (the tier total resets)
+    # rated after the moment: the tier total resets; the interval JULY-60 .. JULY+60 holds
+    # 1000 Wh, split by time at the moment: 500 Wh close the old year, 500 open the new
+    bench.post("r1", JULY + 60, 3_001_000)
+    # another account whose reset was not kept (a store from before migration 10): unknown
+    bench.post("m1", 0, 0)
+    bench.post("m1", JULY + 60, 1_000)
+    bench.run(lambda db: db.execute("UPDATE rating_year SET closed_wh = NULL,"
+                                    " closed_end_ms = NULL WHERE account = 'A'"))  # fmt: skip
     taken = bench.run(
         lambda db: yearly_record(db, 2024, ms(JULY + 120), config=bench.config, book=bench.book)
     )
-    assert next(s for s in taken if s.account == "R").year_wh is None
+    by = {s.account: s.year_wh for s in taken}
+    assert by["R"] == 3_000_000 + 500 and by["A"] is None
+    row = bench.run(
+        lambda db: db.execute(
+            "SELECT year_wh, closed_wh, closed_end_ms FROM rating_year WHERE account = 'R'"
+        ).fetchone()
+    )
+    assert tuple(row) == (500, 3_000_500, ms(JULY))
 
 
 def test_the_task_takes_the_latest_moments_once_the_clock_is_trusted(bench: Bench) -> None:

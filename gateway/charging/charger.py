@@ -22,8 +22,10 @@ from gateway.charging.rate import AccountYear, Billing, Rated, RatingRow, rate_r
 from gateway.charging.state import (
     Charged,
     Snapshot,
+    closed_year,
     read_snapshot,
     reading_charges,
+    save_closed,
     save_prepaid,
     save_state,
     save_year,
@@ -84,6 +86,7 @@ class _Job:
     rated: Rated
     gen: int
     prepaid: _Prepaid | None
+    closed: tuple[int, int] | None = None  #: the billing year this reading closed
     attempt: int = 0
     result: Future[Charged] = field(default_factory=Future)  #: the final outcome
 
@@ -236,13 +239,15 @@ class Charger:
         )
         if rated.state is not None:
             self._states[billing.meter] = rated.state
+        closed = None
         if rated.year is not None:
+            closed = closed_year(account.year, rated)
             account.year = rated.year
         account.balance -= rated.amount
         prepaid = None
         if rated.status == "rated" and account.type != "unbilled":
             prepaid = self._evaluate(account, reading.ts_ms, reading.meter)
-        return _Job(reading, billing, rated, next(self._gen), prepaid)
+        return _Job(reading, billing, rated, next(self._gen), prepaid, closed)
 
     def _evaluate(self, account: _Account, ts_ms: int, meter: str | None) -> _Prepaid:
         """Under the lock: the account's state for its balance; a change is queued for
@@ -336,6 +341,8 @@ class Charger:
             save_state(db, s.meter, s.last_ts_ms, s.last_energy_wh, s.totals, s.slots)
         if rated.year is not None and self._newest(("year", billing.account), job.gen):
             save_year(db, billing.account, rated.year)
+        if job.closed is not None:
+            save_closed(db, billing.account, job.closed)
         entries: list[LedgerEntry] = []
         if rated.lines and not billing.unbilled:
             entries = post_charges(db, reading_charges(billing, reading, position, rated))
@@ -703,3 +710,27 @@ class Charger:
         self._deliver()
         self._queue(job)
         return job.result
+
+    # --- tariff versions (gateway.tariff_updates) ---------------------------------------------
+
+    def add_tariff(
+        self, book: TariffBook, fn: Callable[[Database], T], *, timeout: float = 120.0
+    ) -> Future[T]:
+        """:meth:`apply` ``fn`` (a tariff version stored, a late one re-rated) and put
+        ``book`` in force in the same locked step: no reading is rated between the
+        commit and the change of book.  Rolled back: the book is the one before."""
+        before = self.book
+
+        def run(db: Database) -> T:
+            result = fn(db)
+            self.book = book  # the charger's thread holds the lock until after the reload
+            return result
+
+        def undo(done: Future[T]) -> None:
+            if done.exception() is not None and self.book is book:
+                with self._lock:
+                    self.book = before
+
+        out = self.apply(run, timeout=timeout)
+        out.add_done_callback(undo)
+        return out

@@ -25,11 +25,13 @@ from gateway.store.meters import MeterRecord, meter_records
 __all__ = [
     "Charged",
     "Snapshot",
+    "closed_year",
     "load_state",
     "load_year",
     "post_reading",
     "read_snapshot",
     "reading_charges",
+    "save_closed",
     "save_prepaid",
     "save_state",
     "save_year",
@@ -115,6 +117,31 @@ def save_year(db: Database, account: str, year: AccountYear) -> None:
     )
 
 
+def closed_year(old: AccountYear, rated: Rated) -> tuple[int, int] | None:
+    """(the closed year's tier total, its reset in UTC ms) when ``rated`` crossed the
+    account's known yearly reset: the total before it plus this interval's energy before
+    the reset (the rating splits its lines there); None when no reset was crossed."""
+    new = rated.year
+    end = old.year_end
+    if new is None or end is None or new.year_end is None or new.year_end <= end:
+        return None
+    before = sum(line.energy_wh for line in rated.lines if line.t1 <= end)
+    ms = _ms(end)
+    assert ms is not None
+    return old.year_wh + before, ms
+
+
+def save_closed(db: Database, account: str, closed: tuple[int, int]) -> None:
+    """Keep ``closed`` (:func:`closed_year`) on the account's ``rating_year`` row (written
+    before, in the same transaction); an earlier year never overwrites a later one."""
+    wh, end_ms = closed
+    db.execute(
+        "UPDATE rating_year SET closed_wh = ?, closed_end_ms = ? WHERE account = ?"
+        " AND (closed_end_ms IS NULL OR closed_end_ms <= ?)",
+        (wh, end_ms, account, end_ms),
+    )
+
+
 def save_prepaid(
     db: Database, account: str, state: PrepaidState, tripped: bool, balance: int, ts_ms: int
 ) -> None:
@@ -155,12 +182,13 @@ def post_reading(
     caller's transaction (the store-only path: meter lifecycle, tests).  A running
     :class:`Charger` must :meth:`~Charger.reload` afterwards."""
     position, _ = journal_with_charges(db, reading, ())
+    year = load_year(db, billing.account)
     rated = rate_reading(
         load_state(db, billing.meter),
         reading,
         billing,
         book,
-        load_year(db, billing.account),
+        year,
         calendar or BillingYear(timezone=book.calendar.timezone),
         engine=engine,
     )
@@ -169,6 +197,9 @@ def post_reading(
         save_state(db, s.meter, s.last_ts_ms, s.last_energy_wh, s.totals, s.slots)
     if rated.year is not None:
         save_year(db, billing.account, rated.year)
+        closed = closed_year(year, rated)
+        if closed is not None:
+            save_closed(db, billing.account, closed)
     if billing.unbilled or not rated.lines:
         return Charged(position, ())
     return Charged(
