@@ -46,6 +46,8 @@ from gateway.status import DEFAULT_SOCKET, StatusServer
 from gateway.store.ledger import Ledger
 from gateway.store.store import Store
 from gateway.store.writer import StoreWriter
+from gateway.tariff_updates import load_book
+from gateway.tariff_updates import status as tariff_status
 from gateway.tasks.attach import Calendar, attach
 from gateway.uplink import Uplink, UplinkSettings
 
@@ -131,9 +133,11 @@ class Runtime:
                 Ledger(store).sync_accounts(
                     self.config.accounts, opened_day=today, opened_ms=self.now_ms()
                 ).result()
-                self.charger = Charger(store.writer, self.config, now_ms=self.now_ms)
+                book = load_book(store.writer, self.config)  # + versions sent by command
+                self.charger = Charger(store.writer, self.config, book, now_ms=self.now_ms)
                 journal = self.charger
                 self.add_status("charging", self.charger.status)
+                self.add_status("tariffs", lambda: tariff_status(self.charger, self.clock.now))
                 if any(a.trip_on_arrears and a.type == "prepaid" for a in self.config.accounts):
                     self.relays = RelayController(
                         self.config,

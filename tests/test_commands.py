@@ -310,7 +310,7 @@ def test_missing_components_and_unsupported_kinds_fail_plainly(
         reply = send(broker, protect)
         assert (reply.status, reply.reason) == (ReplyStatus.FAILED, ReasonCode.UNAVAILABLE)
         assert "relay control is not running" in reply.text
-        tariff = send(broker, command(rt, master_key, CommandKind.TARIFF, {"id": "flat"}))
+        tariff = send(broker, command(rt, master_key, CommandKind.CONFIG, {}))
         assert (tariff.status, tariff.reason) == (ReplyStatus.FAILED, ReasonCode.UNAVAILABLE)
         assert "not supported by this gateway yet" in tariff.text
         bad = send(broker, command(rt, master_key, CommandKind.TOP_UP, {"account": "A"}))

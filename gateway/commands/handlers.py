@@ -26,7 +26,11 @@ Arguments, per kind (all money in 0.0001 yuan, integers):
   system clock when the process may); then the time is trusted (source ``master``).
 - ``BACK_FILL``: none; the collection tasks search their back-fill window again at
   their next tick (OK means scheduled).
-- ``TARIFF``, ``ACCOUNT_CHANGE``, ``METER_CHANGE``, ``CONFIG``, ``FIRMWARE``: not
+- ``TARIFF``: one tariff version in the wire form of :mod:`gateway.tariff_updates.versions`
+  (``id``, ``version``, ``effective`` UTC ms, ``kind`` and its prices), checked as the
+  configuration's are; not newer than the book's: ``POLICY``.  Kept, in force at once; a
+  late one re-rated with one adjustment (退补) per account (:mod:`gateway.tariff_updates`).
+- ``ACCOUNT_CHANGE``, ``METER_CHANGE``, ``CONFIG``, ``FIRMWARE``: not
   supported by this gateway yet: ``FAILED`` / ``UNAVAILABLE``.
 """
 
@@ -75,6 +79,7 @@ _log = logging.getLogger("gateway.commands")
 RELAY_TEST_TIMEOUT = 120.0
 TIME_TOLERANCE_MS = 2_000
 _TOP_UP_TIMEOUT = 60.0
+_TARIFF_TIMEOUT = 150.0
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ENTRY_KINDS = {
     "top_up": EntryKind.TOP_UP,
@@ -315,6 +320,71 @@ def back_fill(rt: Runtime, cmd: Command) -> Outcome:
     return ok(cmd, "back-fill scheduled for the collection tasks' next tick")
 
 
+def tariff(rt: Runtime, cmd: Command) -> Outcome:
+    """A tariff version (:mod:`gateway.tariff_updates`): checked like the configuration's,
+    newer than the book's, kept and put in force; a late one re-rated (退补)."""
+    from gateway.errors import ConfigError
+    from gateway.tariff_updates import add_version, in_force, ms_of, newer_refusal, tariff_from_args
+
+    try:
+        version = tariff_from_args(cmd.args)
+    except ConfigError as exc:
+        raise _bad(exc.message) from exc
+    charger = rt.charger
+    if charger is None:
+        return failed(cmd, ReasonCode.UNAVAILABLE, "charging is not running on this gateway")
+    why = newer_refusal(charger, version)
+    if why is not None:
+        raise CommandRefused(ReasonCode.POLICY.name, why)
+    try:
+        added = add_version(charger, version, rt.now_ms()).result(_TARIFF_TIMEOUT)
+    except ValueError as exc:
+        raise _bad(str(exc)) from exc
+    except FutureTimeout:
+        text = (
+            f"the store did not commit tariff {version.id} v{version.version} in"
+            f" {_TARIFF_TIMEOUT:.0f} s; it may still be applied: gateway status shows the"
+            " versions in force"
+        )
+        return failed(cmd, ReasonCode.INTERNAL, text)
+    except GatewayError as exc:
+        return failed(cmd, ReasonCode.INTERNAL, f"tariff {version.id} v{version.version}: {exc}")
+    adjustments: dict[str | int, ArgValue] = {}
+    skipped: dict[str | int, ArgValue] = {}
+    readings = 0
+    if added.rerating is not None:
+        r = added.rerating
+        readings = r.readings
+        skipped = dict(r.skipped)
+        for adj in r.adjustments:
+            entry = r.entries[adj.account_id]
+            adjustments[adj.account_id] = {
+                "amount": entry.amount,  # as on the ledger: negative, the tenant owes more
+                "rerated": adj.rerated,
+                "posted": adj.posted,
+                "entry_id": entry.entry_id,
+                "balance": entry.balance_after,
+            }
+    text = f"tariff {version.id} v{version.version} in force"
+    if added.late:
+        text += f"; late: {readings} readings re-rated, {len(adjustments)} adjustments"
+        if skipped:
+            text += f", {len(skipped)} accounts not re-rated (see not_rerated)"
+    now = datetime.fromtimestamp(rt.now_ms() / 1000, UTC)
+    return ok(
+        cmd,
+        text,
+        tariff=version.id,
+        version=version.version,
+        effective=ms_of(version.effective),
+        late=added.late,
+        readings=readings,
+        adjustments=adjustments,
+        not_rerated=skipped,
+        in_force=in_force(charger.book, [version.id], now),
+    )
+
+
 def not_supported(rt: Runtime, cmd: Command) -> Outcome:
     name = CommandKind(cmd.kind).name.lower().replace("_", "-")
     return failed(cmd, ReasonCode.UNAVAILABLE, f"{name} is not supported by this gateway yet")
@@ -322,7 +392,7 @@ def not_supported(rt: Runtime, cmd: Command) -> Outcome:
 
 HANDLERS: dict[CommandKind, Handler] = {
     CommandKind.TOP_UP: top_up,
-    CommandKind.TARIFF: not_supported,
+    CommandKind.TARIFF: tariff,
     CommandKind.THRESHOLDS: thresholds,
     CommandKind.PROTECT: protect,
     CommandKind.RELAY_TEST: relay_test,

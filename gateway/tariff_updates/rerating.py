@@ -1,0 +1,294 @@
+"""A late tariff version re-rated from the journal: one adjustment (退补) per account,
+in the caller's store transaction (domain.md, "Late or corrected tariffs").
+
+The consumption to re-rate is the journal's readings of the tariff's meters from each
+meter's *anchor* -- its last reading at or before the effective time that set its
+rating state for sure (time trusted, an energy register, not a curve point) -- on.
+They are replayed, account by account in journal order, through
+:func:`gateway.charging.rate_reading`: the very rules the :class:`~gateway.charging.Charger`
+rated them by (baselines, rollovers, the untrusted clock, per-tariff registers, the
+account's shared tier total and its yearly reset).  This is :func:`gateway.billing.rerate`'s
+algorithm (re-rate from the state before the first interval, Σ re-rated − Σ posted per
+account) with the journal's readings instead of ready-made intervals.
+
+The state before the window is the stored state wound back: each rounding accumulator
+(meter, tariff, version, segment) minus the window's energy on it and minus the charges
+the ledger holds for the window's lines; the account's tier total minus the window's
+energy.  Then the window is replayed under the old book and must reproduce, to the
+unit, every charge the ledger holds for it and the stored states; an account where it
+does not (its journal pruned, a meter changed mid-window, the yearly tier reset inside
+the window) is left as it is and named in ``skipped`` with the reason.  Otherwise the
+window is replayed under the new book: the meters' states and the account's tier total
+become the re-rated ones (rating goes on from them) and the difference is posted as one
+:attr:`~gateway.store.ledger.EntryKind.ADJUSTMENT` entry, reference
+``tariff:<id>:v<version>:<account>``, with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from types import ModuleType
+
+from sqlite_utils import Database
+
+from gateway import fastpath
+from gateway.billing import Adjustment, BillingYear, ChargeLine, Running, SegmentKey, TariffBook
+from gateway.charging import AccountYear, Billing, RatingRow, load_state, rate_reading
+from gateway.charging.rate import when
+from gateway.charging.state import load_year, save_state, save_year
+from gateway.config.model import Tariff
+from gateway.protocols.batch import LedgerEntry
+from gateway.protocols.quantities import FLAG_CURVE, FLAG_TIME_UNTRUSTED, Quantity, Reading
+from gateway.store.journal import Kind, decode_row
+from gateway.store.ledger import EntryKind, post
+from gateway.tariff_updates.versions import ms_of
+
+__all__ = ["LateRerating", "adjustment_reference", "rerate_late"]
+
+Window = list[tuple[int, Reading]]
+
+
+@dataclass(frozen=True, slots=True)
+class LateRerating:
+    """What re-rating a late version did."""
+
+    adjustments: tuple[Adjustment, ...]  #: one per account whose charge changed
+    entries: Mapping[str, LedgerEntry]  #: account -> its adjustment entry
+    skipped: Mapping[str, str] = field(default_factory=dict)  #: account -> why not re-rated
+    readings: int = 0  #: readings re-rated
+
+
+def adjustment_reference(tariff: Tariff, account: str) -> str:
+    return f"tariff:{tariff.id}:v{tariff.version}:{account}"
+
+
+@dataclass(slots=True)
+class _Replay:
+    rows: dict[str, RatingRow | None]
+    year: AccountYear
+    amounts: dict[tuple[str, int], int] = field(default_factory=dict)
+    lines: dict[tuple[str, int], tuple[ChargeLine, ...]] = field(default_factory=dict)
+
+
+def rerate_late(
+    db: Database,
+    tariff: Tariff,
+    old: TariffBook,
+    new: TariffBook,
+    billing: Mapping[str, Billing],
+    calendar: BillingYear,
+    *,
+    ts_ms: int,
+    reason: str,
+    engine: ModuleType | None = None,
+) -> LateRerating:
+    """Re-rate the consumption since ``tariff.effective`` of every meter billed on
+    ``tariff.id`` (``billing``: the charger's, meter -> how it is billed) under ``new``
+    instead of ``old`` and post the adjustments at ``ts_ms``, in the caller's
+    transaction (see the module docstring)."""
+    meters = {m: b for m, b in billing.items() if b.tariff == tariff.id}
+    windows, anchors = _windows(db, meters, ms_of(tariff.effective))
+    by_account: dict[str, list[str]] = {}
+    for meter, b in sorted(meters.items()):
+        by_account.setdefault(b.account, []).append(meter)
+    adjustments: list[Adjustment] = []
+    entries: dict[str, LedgerEntry] = {}
+    skipped: dict[str, str] = {}
+    count = 0
+    for account, ms in sorted(by_account.items()):
+        window = sorted((p, r) for m in ms for p, r in windows.get(m, []))
+        if not window:
+            continue
+        try:
+            done = _account(db, account, ms, window, anchors, meters, old, new, calendar, engine)
+        except _Skip as why:
+            skipped[account] = str(why)
+            continue
+        rows, year, rerated, posted = done
+        for meter, row in rows.items():
+            if row is not None:
+                save_state(db, meter, row.last_ts_ms, row.last_energy_wh, row.totals, row.slots)
+        save_year(db, account, year)
+        count += len(window)
+        if rerated != posted:
+            adjustment = Adjustment(account, rerated - posted, rerated, posted, reason)
+            adjustments.append(adjustment)
+            entries[account] = post(
+                db,
+                account,
+                EntryKind.ADJUSTMENT,
+                -adjustment.amount,  # the ledger's sign: what it does to the balance
+                ts_ms,
+                adjustment_reference(tariff, account),
+                tariff_version=tariff.version,
+                reason=reason,
+            )
+    return LateRerating(tuple(adjustments), entries, skipped, count)
+
+
+class _Skip(Exception):
+    """This account cannot be re-rated from the journal (the reason)."""
+
+
+def _windows(
+    db: Database, meters: Mapping[str, Billing], effective_ms: int
+) -> tuple[dict[str, Window], dict[str, Reading]]:
+    """Per meter, the readings after its anchor (position order) and the anchor.
+
+    One backward scan of the journal, stopping once every meter has its anchor."""
+    windows: dict[str, Window] = {m: [] for m in meters}
+    anchors: dict[str, Reading] = {}
+    if not meters:
+        return windows, anchors
+    marks = ", ".join("?" for _ in meters)
+    cursor = db.execute(
+        "SELECT r.id, m.name, r.ts_ms, r.flags, r.vals FROM readings r"
+        f" JOIN meters m ON m.id = r.meter WHERE m.name IN ({marks}) ORDER BY r.id DESC",
+        tuple(meters),
+    )
+    for row in cursor:
+        meter = str(row[1])
+        if meter in anchors:
+            continue
+        pos, reading = decode_row(Kind.READINGS, tuple(row))
+        assert isinstance(reading, Reading)
+        if reading.flags & FLAG_CURVE:
+            continue  # a curve point is stored, never rated
+        trusted = not reading.flags & FLAG_TIME_UNTRUSTED
+        energy = Quantity.ENERGY_IMPORT in reading.values
+        if trusted and energy and reading.ts_ms <= effective_ms:
+            anchors[meter] = reading
+            if len(anchors) == len(meters):
+                break
+            continue
+        windows[meter].append((pos, reading))
+    for window in windows.values():
+        window.reverse()
+    return windows, anchors
+
+
+def _charges(db: Database, meter: str, position: int) -> dict[int, int]:
+    """The charges the ledger holds for one reading: line index -> amount (a charge)."""
+    prefix = f"{meter}:{position}:"
+    rows = db.execute(
+        "SELECT reference, amount FROM ledger WHERE kind = ? AND reference >= ? AND reference < ?",
+        (int(EntryKind.CHARGE), prefix, prefix[:-1] + ";"),
+    ).fetchall()
+    return {int(str(ref).rsplit(":", 1)[1]): -int(amount) for ref, amount in rows}
+
+
+def _replay(
+    rows: Mapping[str, RatingRow | None],
+    year: AccountYear,
+    window: Window,
+    meters: Mapping[str, Billing],
+    book: TariffBook,
+    calendar: BillingYear,
+    engine: ModuleType | None,
+) -> _Replay:
+    out = _Replay(dict(rows), year)
+    for pos, reading in window:
+        meter = reading.meter
+        rated = rate_reading(
+            out.rows[meter], reading, meters[meter], book, out.year, calendar, engine=engine
+        )
+        if rated.state is not None:
+            out.rows[meter] = rated.state
+        if rated.year is not None:
+            out.year = rated.year
+        out.amounts[(meter, pos)] = rated.amount
+        out.lines[(meter, pos)] = rated.lines
+    return out
+
+
+def _account(
+    db: Database,
+    account: str,
+    ms: list[str],
+    window: Window,
+    anchors: Mapping[str, Reading],
+    meters: Mapping[str, Billing],
+    old: TariffBook,
+    new: TariffBook,
+    calendar: BillingYear,
+    engine: ModuleType | None,
+) -> tuple[dict[str, RatingRow | None], AccountYear, int, int]:
+    """(the re-rated rows and tier state, Σ re-rated, Σ posted) or _Skip."""
+    current = {m: load_state(db, m) for m in ms}
+    year = load_year(db, account)
+    posted = {(r.meter, p): _charges(db, r.meter, p) for p, r in window}
+    bases: dict[str, RatingRow | None] = {}
+    for m in ms:
+        anchor = anchors.get(m)
+        if anchor is None:
+            bases[m] = None
+        else:  # the state the anchor left (its time, energy and registers)
+            base = rate_reading(None, anchor, meters[m], old, AccountYear(), calendar).state
+            bases[m] = base
+    first = min([a.ts_ms for m, a in anchors.items() if m in ms] + [r.ts_ms for _, r in window])
+    if year.year_end is not None and calendar.end_of(when(first)) != year.year_end:
+        raise _Skip("the window crosses the yearly tier reset")
+    # 1. the window's energy (independent of the start): wind the tier total back
+    probe = _replay(bases, year, window, meters, old, calendar, engine)
+    start_year = replace(year, year_wh=year.year_wh - (probe.year.year_wh - year.year_wh))
+    if start_year.year_wh < 0:
+        raise _Skip("the tier total does not cover the window's energy")
+    # 2. each accumulator wound back by the window's energy on it
+    lines = _replay(bases, start_year, window, meters, old, calendar, engine).lines
+    start: dict[str, RatingRow | None] = {}
+    for m in ms:
+        base, now = bases[m], current[m]
+        if base is None:
+            start[m] = None
+            continue
+        if now is None:
+            raise _Skip(f"meter {m} has no rating state")
+        totals = _wound_back(now.totals, lines, m, engine)
+        if totals is None:
+            raise _Skip(f"meter {m}: its accumulators do not cover the journal's energy")
+        start[m] = replace(base, totals=totals)
+    # 3. the old book must reproduce the ledger and the stored states exactly
+    check = _replay(start, start_year, window, meters, old, calendar, engine)
+    for key, amount in check.amounts.items():
+        if amount != sum(posted[key].values()):
+            raise _Skip(f"meter {key[0]}: reading {key[1]} was charged otherwise")
+    for m in ms:
+        if check.rows[m] != current[m]:
+            raise _Skip(f"meter {m}: its rating state does not follow from the journal")
+    if check.year != year:
+        raise _Skip("the tier total does not follow from the journal")
+    # 4. the new book from the same start
+    final = _replay(start, start_year, window, meters, new, calendar, engine)
+    charged = sum(sum(v.values()) for v in posted.values())
+    return final.rows, final.year, sum(final.amounts.values()), charged
+
+
+def _wound_back(
+    totals: Mapping[SegmentKey, Running],
+    lines: Mapping[tuple[str, int], Iterable[ChargeLine]],
+    meter: str,
+    engine: ModuleType | None,
+) -> dict[SegmentKey, Running] | None:
+    """``totals`` less the window's energy of ``meter`` on each accumulator, whose posted
+    amount is then what the rounding rule posts for that energy (an accumulator always
+    holds ``cumulative_cost(energy, price)``); None when the energy goes negative."""
+    cost = (engine or fastpath).cumulative_cost
+    energy = {seg: run.energy_wh for seg, run in totals.items()}
+    prices: dict[SegmentKey, int] = {}
+    for (m, _), items in lines.items():
+        if m != meter:
+            continue
+        for line in items:
+            seg: SegmentKey = (line.tariff_id, line.version, line.key)
+            energy[seg] = energy.get(seg, 0) - line.energy_wh
+            prices[seg] = line.price
+    out: dict[SegmentKey, Running] = {}
+    for seg, wh in energy.items():
+        if wh < 0:
+            return None
+        if seg not in prices:
+            out[seg] = totals[seg]
+        elif wh > 0:
+            out[seg] = Running(wh, cost(wh, prices[seg]))
+    return out
