@@ -7,7 +7,9 @@ tariff version, cumulative (design.md, "Money and energy")."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import textwrap
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,6 +17,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from polling import START
 from sqlite_utils import Database
 from test_commands import YUAN, command, gateway, master_key, send, state
+from test_master_command_cli import cli, keys
+from test_master_command_cli import send as cli_send
 
 from gateway.clock import ManualClock
 from gateway.commands.keys import public_key_bytes
@@ -127,3 +131,45 @@ def _balanced(rt: Runtime) -> None:
         assert check_balances(db) == []
     finally:
         db.conn.close()
+
+
+def test_the_cli_sends_a_version_written_as_in_the_config(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    public = keys(tmp_path / "keys")
+    key = tmp_path / "keys" / "master-command.key"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "{id: flat, version: 2, effective: '2030-01-01T00:00:00+08:00',\n"
+        " kind: flat, price: 0.9}\n"  # line 2, column 21: the price
+    )
+    done = cli(*cli_send(broker, key, "--kind", "tariff", "--tariff", str(bad)))
+    assert done.returncode == 2  # refused before anything is sent
+    assert f"{bad}:2:21: price: prices must be integers" in done.stderr
+    assert "0.9 yuan/kWh is written 9000" in done.stderr
+    tou = tmp_path / "tou.yaml"
+    tou.write_text(
+        textwrap.dedent(
+            """\
+            id: flat
+            version: 2
+            effective: "2030-01-01T00:00:00+08:00"
+            kind: tou
+            slots: [{start: "00:00", slot: 4}, {start: "08:00", slot: 2}]
+            prices: {2: 9000, 4: 3000}
+            """
+        )
+    )
+    with gateway(tmp_path, broker, public, ManualClock(START)) as rt:
+        done = cli(*cli_send(broker, key, "--kind", "tariff", "--tariff", str(tou), "--json"))
+        assert done.returncode == 0, done.stderr + done.stdout
+        reply = json.loads(done.stdout)
+        assert reply["status"] == "OK" and reply["result"]["late"] is False
+        assert rt.charger is not None
+        version = rt.charger.book.versions("flat")[-1]
+        assert (version.version, version.kind) == (2, "tou")
+        assert dict(version.prices) == {2: 9000, 4: 3000}  # type: ignore[union-attr]
+        status = rt.status()["tariffs"]
+        assert isinstance(status, dict)
+        assert status["flat"]["version"] == 1  # v2 announced, not yet in force
+        assert status["flat"]["next"]["version"] == 2

@@ -89,6 +89,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="a text argument",
     )
+    c.add_argument(
+        "--tariff",
+        metavar="FILE.yaml",
+        help="with --kind tariff: the version's arguments from a YAML file (one entry of the"
+        " config's tariffs list)",
+    )
     c.add_argument("--expires-in", type=int, default=300, metavar="S", help="validity (300 s)")
     c.add_argument(
         "--timeout", type=float, default=10.0, metavar="S", help="wait for the reply (10)"
@@ -148,7 +154,12 @@ def _command(args: argparse.Namespace) -> int:
 
     from gateway.commands.keys import load_private_key
     from gateway.errors import GatewayError
-    from gateway.master.command import KIND_NAMES, build_command, send_command
+    from gateway.master.command import (
+        KIND_NAMES,
+        build_command,
+        send_command,
+        tariff_file_args,
+    )
     from gateway.protocols.command import ArgValue, ReasonCode, ReplyStatus
 
     if not 0 < args.expires_in <= 86_400:
@@ -158,6 +169,8 @@ def _command(args: argparse.Namespace) -> int:
     values.update(dict(args.text))
     host, port = args.broker
     try:
+        if args.tariff:  # the file's version, then any --arg / --text on top
+            values = {**tariff_file_args(args.tariff), **values}
         key = load_private_key(args.key)
         cmd = build_command(
             args.gateway, KIND_NAMES[args.kind], values, key, expires_in_s=args.expires_in

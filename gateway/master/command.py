@@ -39,7 +39,7 @@ from gateway.protocols.command import (
 )
 from gateway.protocols.topics import QOS, command_topic, reply_topic
 
-__all__ = ["KIND_NAMES", "build_command", "send_command"]
+__all__ = ["KIND_NAMES", "build_command", "send_command", "tariff_file_args"]
 
 KIND_NAMES: dict[str, CommandKind] = {
     kind.name.lower().replace("_", "-"): kind for kind in CommandKind
@@ -137,3 +137,21 @@ def _next(events: queue.SimpleQueue[tuple[str, object]], deadline: float) -> tup
         return events.get(timeout=left)
     except queue.Empty:
         return ("timeout", None)
+
+
+def tariff_file_args(path: str) -> dict[str, ArgValue]:
+    """A TARIFF command's arguments from a YAML file holding one tariff version, written
+    as in the configuration's ``tariffs`` list (``effective`` an ISO-8601 time with its
+    offset) and checked by the same code: ConfigError (file:line:column) otherwise."""
+    from gateway.config.model import FlatTariff, TieredTariff, TouTariff
+    from gateway.config.sections import read_tariff
+    from gateway.tariff_updates.versions import tariff_args
+    from gateway.yamlloc import Reader, read_file
+
+    text, name = read_file(path)
+    reader = Reader(name)
+    node = reader.compose(text)
+    tariff = read_tariff(reader, node)[0] if node is not None else None
+    reader.check()
+    assert isinstance(tariff, FlatTariff | TouTariff | TieredTariff)
+    return tariff_args(tariff)
