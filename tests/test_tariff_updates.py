@@ -17,7 +17,7 @@ import pytest
 from sqlite_utils import Database
 
 from gateway.billing import Running
-from gateway.charging import Charger
+from gateway.charging import Charger, load_state
 from gateway.config import GatewayConfig, parse_config
 from gateway.config.model import FlatTariff, TieredTariff, TouTariff
 from gateway.errors import ConfigError
@@ -166,19 +166,24 @@ def open_bench(path: Path, config: GatewayConfig) -> Bench:
     return Bench(config, store, charger, NOW_MS)
 
 
-@pytest.fixture
-def bench(tmp_path: Path) -> Iterator[Bench]:
-    config = parse_config(CONFIG, "gw.yaml")
-    store = Store.open(tmp_path / "gw.db", gateway_id="gw")
+def new_bench(path: Path, text: str) -> Bench:
+    """A store with the accounts of ``text`` funded (FUND each) and a Charger on it."""
+    config = parse_config(text, "gw.yaml")
+    store = Store.open(path, gateway_id="gw")
     store.writer.call(
         lambda db: sync_accounts(db, config.accounts, opened_day=NOW.date(), opened_ms=0),
         durable=True,
     ).result(10)
-    for account in ("A", "B"):
-        fund = TopUp(f"fund-{account}", account, EntryKind.TOP_UP, FUND, 0)
+    for account in config.accounts:
+        fund = TopUp(f"fund-{account.id}", account.id, EntryKind.TOP_UP, FUND, 0)
         assert Ledger(store).top_up(fund).result(10).applied
     store.close()
-    b = open_bench(tmp_path / "gw.db", config)
+    return open_bench(path, config)
+
+
+@pytest.fixture
+def bench(tmp_path: Path) -> Iterator[Bench]:
+    b = new_bench(tmp_path / "gw.db", CONFIG)
     yield b
     b.charger.close()
     b.store.close()
@@ -251,7 +256,7 @@ def test_a_late_flat_tariff_posts_one_exact_adjustment_per_account(bench: Bench)
     ]
     assert bench.db(check_balances) == []
     # rating goes on from the re-rated accumulators and under v2
-    totals = bench.db(lambda db: __import__("gateway.charging").charging.load_state(db, "a1"))
+    totals = bench.db(lambda db: load_state(db, "a1"))
     assert totals.totals == {
         ("flat", 1, "flat"): Running(3_000, 15_000),
         ("flat", 2, "flat"): Running(2_500, 15_000),
@@ -336,3 +341,70 @@ def test_a_pruned_journal_is_not_rerated_but_named(bench: Bench) -> None:
         assert check_balances(db) == []
     finally:
         db.conn.close()
+
+
+TIERED = """\
+gateway_id: gw
+serial_buses: [{name: dl, port: /dev/null, protocol: dlt645}]
+meters:
+  - {id: c1, bus: dl, address: '000000000001', account: C}
+  - {id: c2, bus: dl, address: '000000000002', account: C}
+accounts:
+  - {id: C, type: prepaid, tariff: res}
+tariffs:
+  - {id: res, version: 1, effective: "2026-01-01T00:00:00+08:00", kind: tiered,
+     thresholds: [10000], prices: [5000, 8000]}
+uplink: {host: localhost}
+"""
+
+
+def test_a_late_tiered_tariff_keeps_the_accounts_shared_tier_total(tmp_path: Path) -> None:
+    b = new_bench(tmp_path / "gw.db", TIERED)
+    try:
+        # Account C, two meters, one tier total (threshold 10_000 Wh this year); v1 tier 1
+        # 0.5000 (x 5), tier 2 0.8000 (x 8).  Posted as it came:
+        b.read("c1", -5, 0)
+        b.read("c2", -5, 0)
+        b.read("c1", -4, 9_000)  # 9_000 Wh tier 1: 45_000; year 9_000
+        b.read("c2", -3, 500)  # 500 Wh tier 1: 2_500; year 9_500
+        b.read("c1", -1, 10_000)  # 1_000 Wh: 500 tier 1 (cum 9_500: 47_500 - 45_000
+        #                           = 2_500) + 500 tier 2 (4_000); year 10_500
+        b.read("c2", 0, 1_500)  # 1_000 Wh tier 2: 8_000; year 11_500
+        assert b.balances()["C"] == FUND - 62_000
+        # v2 from E = -2 h: tier 1 0.6000, tier 2 0.9000, found out at NOW
+        v2 = {**V2, "id": "res", "kind": "tiered", "thresholds": [10_000], "prices": [6000, 9000]}
+        del v2["price"]
+        added = add_version(b.charger, tariff_from_args(v2), NOW_MS).result(30)
+        # Re-rated from the anchors c1 -4 h, c2 -3 h (tier total then 9_500):
+        # c1 [-4,-1] 1_000 Wh, split at E by time 2:1 -> 667 v1, 333 v2
+        #    v1 667 Wh: 500 tier 1 (to 10_000; cum 9_500 -> 2_500), 167 tier 2 x 8 = 1_336
+        #    v2 333 Wh tier 2 x 9 = 2_997                                  year 10_500
+        # c2 [-3,0] 1_000 Wh split 1:2 -> 333 v1 tier 2 x 8 = 2_664, 667 v2 x 9 = 6_003
+        # re-rated 2_500 + 1_336 + 2_997 + 2_664 + 6_003 = 15_500
+        # posted for the same readings 2_500 + 4_000 + 8_000 = 14_500: +1_000 owed
+        # (= the 1_000 Wh after E, all tier 2, x (9000 - 8000) / 1000)
+        assert added.rerating is not None
+        got = [(a.account_id, a.amount, a.rerated, a.posted) for a in added.rerating.adjustments]
+        assert got == [("C", 1_000, 15_500, 14_500)]
+        assert b.balances()["C"] == FUND - 63_000
+        assert b.db(check_balances) == []
+        states = b.db(lambda db: {m: load_state(db, m).totals for m in ("c1", "c2")})
+        assert states == {
+            "c1": {
+                ("res", 1, "tier:1"): Running(9_500, 47_500),
+                ("res", 1, "tier:2"): Running(167, 1_336),
+                ("res", 2, "tier:2"): Running(333, 2_997),
+            },
+            "c2": {
+                ("res", 1, "tier:1"): Running(500, 2_500),
+                ("res", 1, "tier:2"): Running(333, 2_664),
+                ("res", 2, "tier:2"): Running(667, 6_003),
+            },
+        }
+        year = b.db(lambda db: db.execute("SELECT year_wh FROM rating_year").fetchall())
+        assert year == [(11_500,)]
+        b.read("c1", 1, 10_100)  # 100 Wh more, v2 tier 2: 900
+        assert b.balances()["C"] == FUND - 63_900
+    finally:
+        b.charger.close()
+        b.store.close()
