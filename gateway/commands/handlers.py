@@ -355,7 +355,8 @@ def tariff(rt: Runtime, cmd: Command) -> Outcome:
     if added.rerating is not None:
         r = added.rerating
         readings = r.readings
-        skipped = dict(r.skipped)
+        for account, why in r.skipped.items():
+            skipped[account] = why
         for adj in r.adjustments:
             entry = r.entries[adj.account_id]
             adjustments[adj.account_id] = {

@@ -155,7 +155,7 @@ def _logged(done: Future[Added]) -> None:
     )
 
 
-def status(charger: Charger | None, now: Callable[[], datetime]) -> dict[str, ArgValue]:
+def status(charger: Charger | None, now: Callable[[], datetime]) -> dict[str | int, ArgValue]:
     """``gateway status``'s ``tariffs``: per tariff id the charger applies, the version in
     force (and the next one announced)."""
     if charger is None:

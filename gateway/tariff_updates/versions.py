@@ -189,10 +189,10 @@ def book_with(config: GatewayConfig, stored: Iterable[Tariff]) -> TariffBook:
     return TariffBook([*config.tariffs, *extra], calendar=book.calendar, seasons=book.seasons)
 
 
-def in_force(book: TariffBook, ids: Iterable[str], now: datetime) -> dict[str, ArgValue]:
+def in_force(book: TariffBook, ids: Iterable[str], now: datetime) -> dict[str | int, ArgValue]:
     """Per tariff id: the version in force at ``now`` (and when it took effect), and the
     next one when one is announced -- what ``gateway status`` and a TARIFF reply show."""
-    out: dict[str, ArgValue] = {}
+    out: dict[str | int, ArgValue] = {}
     for ident in sorted(set(ids)):
         versions = book.versions(ident)
         entry: dict[str | int, ArgValue] = {}
