@@ -19,8 +19,9 @@ or the meter's off, so when the two differ by more than a minute the later deadl
 that meter follow its clock.  A close-allow (1B) the meter accepted
 waits for the tenant's button: the position is read back at growing intervals (up to a
 minute) until it shows closed.  Each confirmed trip and close is a ``RELAY_TRIPPED`` /
-``RELAY_CLOSED`` event with the balance that caused it; once every meter of an account
-is confirmed closed the charger is told (:meth:`Charger.relay_closed`).
+``RELAY_CLOSED`` event with the balance that caused it, written with the remembered
+position in one durable transaction; once every meter of an account is confirmed closed
+the charger is told (:meth:`Charger.relay_closed`).
 
 What holds a trip back, in this order: the storm guard (:mod:`gateway.relays.storm`;
 counted on every account falling due; a storm stops tripping until :meth:`resume`),
@@ -37,7 +38,10 @@ on disk with each reading): a due account's closed relay is tripped, an open rel
 account that may close is closed.  An open relay of an account the charger does not hold
 tripped (a SIGKILL between a trip and its reading's transaction reaching the disk: the
 next poll charges that energy again) is looked at again after two poll intervals (at
-least 5 s) and closed if the balance is then above the close-allow level.
+least 5 s) and closed if the balance is then above the close-allow level.  A due
+account's relay found open, or a may-close account's found closed, that the store does
+not remember so (a kill between the confirmation and its record) is recorded then, with
+reason ``restart``.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ import itertools
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -65,8 +69,11 @@ from gateway.relays.memory import Position
 from gateway.relays.policy import QuietPolicy, quiet_until
 from gateway.relays.storm import StormGuard
 from gateway.relays.targets import RelayTarget, targets
+from gateway.store.ledger import journal_with_charges
 
 if TYPE_CHECKING:
+    from sqlite_utils import Database
+
     from gateway.charging import Charger
     from gateway.store.writer import StoreWriter
 
@@ -565,12 +572,12 @@ class RelayController:
                 if not (a.get("kind") == "unconfirmed" and a.get("meter") == meter)
             ]
             self.counts["trips" if op.open else "closes"] += 1
-        self.writer.call(lambda db: memory.save_position(db, meter, position))
         detail: dict[str, int | str] = {"reason": op.reason, "sends": op.sends}
         if not op.open:
             detail["mode"] = "allow" if op.allow else "direct"
-        self._event(
+        self._record(
             meter,
+            position,
             EventCode.RELAY_TRIPPED if op.open else EventCode.RELAY_CLOSED,
             account=op.account,
             balance=op.balance,
@@ -632,13 +639,13 @@ class RelayController:
                 cause=op.cause or "",
                 rounds=op.round + 1,
             )
-        self.writer.call(lambda db: memory.save_position(db, meter, position))
         if not op.done.done():
             op.done.set_result(False)
         if op.reason != "test":
             delay = min(RETRY_MAX_S, self._retry_s * 2**op.round)
             self._later(delay, functools.partial(self._retry, op))
         if op.round:
+            self._record(meter, position, None)
             _logger.warning(
                 "relays: %s of meter %s still unconfirmed (round %d, %s)",
                 "trip" if op.open else "close",
@@ -647,8 +654,9 @@ class RelayController:
                 op.cause,
             )
             return
-        self._event(
+        self._record(
             meter,
+            position,
             EventCode.RELAY_UNCONFIRMED,
             account=op.account,
             action="trip" if op.open else "close",
@@ -706,17 +714,14 @@ class RelayController:
                 try:
                     result = self.buses(meter).submit(target.readback(), Priority.RELAY)
                     is_open = target.is_open(result.result(timeout))
-                except (FutureTimeout, KeyError, RuntimeError):
+                except (FutureTimeout, CancelledError, KeyError, RuntimeError):
                     is_open = None
                 if is_open is not None:
                     found[meter] = is_open
-                    with self._lock:
-                        if meter not in self._ops:
-                            self._positions[meter] = Position(
-                                account, is_open, True, None, self._now_ms()
-                            )
             state = self.charger.state(account)
             balance = self._balance(account)
+            for meter, is_open in found.items():
+                self._found(account, meter, is_open, state, balance)
             if state == PrepaidState.DUE_TO_TRIP:
                 closed = [m for m in meters if found.get(m) is False]
                 if closed:
@@ -735,6 +740,31 @@ class RelayController:
                 # once the meters have been polled.
                 self._later(self._recheck_s, functools.partial(self._recheck, account, opened))
         _logger.info("relays: reconciled %d accounts with their meters", len(self._trips))
+
+    def _found(
+        self, account: str, meter: str, is_open: bool, state: PrepaidState, balance: int
+    ) -> None:
+        """Take a relay position read at start as known.  A due account's relay found open
+        (or a may-close account's found closed) that is not remembered so is a trip (a
+        close) whose record a kill lost: it is recorded now, reason ``restart``."""
+        position = Position(account, is_open, True, balance, self._now_ms())
+        with self._lock:
+            if meter in self._ops:
+                return
+            known = self._positions.get(meter)
+            self._positions[meter] = position
+        remembered = known is not None and known.confirmed and known.open == is_open
+        if remembered:
+            return
+        if is_open and state == PrepaidState.DUE_TO_TRIP:
+            code: EventCode | None = EventCode.RELAY_TRIPPED
+        elif not is_open and state == PrepaidState.MAY_CLOSE:
+            code = EventCode.RELAY_CLOSED
+        else:
+            code = None
+        self._record(
+            meter, position, code, account=account, balance=balance, reason="restart", sends=0
+        )
 
     def _recheck(self, account: str, meters: tuple[str, ...]) -> None:
         state = self.charger.state(account)
@@ -791,9 +821,32 @@ class RelayController:
     def _now_ms(self) -> int:
         return int(self.clock.now().timestamp() * 1000)
 
-    def _event(self, meter: str, code: EventCode, **detail: int | str | None) -> None:
+    def _record(
+        self, meter: str, remember: Position, code: EventCode | None, **detail: int | str | None
+    ) -> None:
+        """Remember the position ``remember`` and record the event ``code`` (if any): in one durable
+        transaction when the journal is the store writer, so that neither survives a kill
+        without the other."""
+        event = None if code is None else self._make_event(meter, code, detail)
+        atomic = self.journal is self.writer
+        if event is not None and not atomic:
+            self.journal.submit(event)
+
+        def save(db: Database) -> None:
+            memory.save_position(db, meter, remember)
+            if event is not None and atomic:
+                journal_with_charges(db, event, ())
+
+        self.writer.call(save, durable=True)
+
+    def _make_event(
+        self, meter: str, code: EventCode, detail: dict[str, int | str | None]
+    ) -> MeterEvent:
         clean: dict[int | str, int | str] = {k: v for k, v in detail.items() if v is not None}
-        self.journal.submit(MeterEvent(meter, self._now_ms(), int(code), clean))
+        return MeterEvent(meter, self._now_ms(), int(code), clean)
+
+    def _event(self, meter: str, code: EventCode, **detail: int | str | None) -> None:
+        self.journal.submit(self._make_event(meter, code, detail))
 
     def _alarm(self, kind: str, **detail: int | str | None) -> None:
         """Called with the lock held."""
