@@ -42,6 +42,7 @@ from gateway.billing import TariffBook
 from gateway.config.model import GatewayConfig
 from gateway.protocols.batch import TaskKind, TaskStatus
 from gateway.protocols.quantities import Quantity
+from gateway.store.account_records import account_records, effective_accounts
 from gateway.store.meters import meter_records
 
 __all__ = [
@@ -190,7 +191,8 @@ def _take(
         return [stored[a] for a in accounts]
     position = _position(db, at_ms)
     members = _members(db, config)
-    tariffs = {a.id: a.tariff for a in config.accounts}
+    in_force = effective_accounts(config.accounts, account_records(db))
+    tariffs = {a.id: a.tariff for a in in_force}
     out: list[Snapshot] = []
     for account in accounts:
         if account in stored:

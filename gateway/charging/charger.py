@@ -11,14 +11,15 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from types import ModuleType
 from typing import Any, TypeVar
 
 from sqlite_utils import Database
 
 from gateway.billing import BillingYear, TariffBook
-from gateway.charging.rate import AccountYear, Billing, Rated, RatingRow, rate_reading
+from gateway.charging.fast import Rating
+from gateway.charging.rate import AccountYear, Billing, Rated
 from gateway.charging.state import (
     Charged,
     Snapshot,
@@ -35,11 +36,13 @@ from gateway.errors import GatewayError
 from gateway.prepaid import PrepaidState, StateChange, StateTracker, Thresholds
 from gateway.protocols.batch import LedgerEntry, MeterEvent
 from gateway.protocols.quantities import FLAG_CURVE, EventCode, Reading
+from gateway.store.account_records import account_records, effective_accounts
 from gateway.store.ledger import (
     VACANCY,
     TopUp,
     TopUpResult,
     apply_top_up,
+    balance_of,
     journal_with_charges,
     post_charges,
 )
@@ -62,8 +65,8 @@ class _Account:
     type: Any  # AccountType
     trip_on_arrears: bool
     balance: int
-    year: AccountYear = field(default_factory=AccountYear)
     thresholds: Thresholds | None = None  #: its own; None: the default
+    opened: date | None = None  #: its opening day (tier proration)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +92,16 @@ class _Job:
     closed: tuple[int, int] | None = None  #: the billing year this reading closed
     attempt: int = 0
     result: Future[Charged] = field(default_factory=Future)  #: the final outcome
+
+
+def _restore_account_records(db: Database) -> None:
+    """The ledger's account type and trip flag as recorded by command (migration 10)."""
+    for r in account_records(db).values():
+        if balance_of(db, r.id) is not None:
+            db.execute(
+                "UPDATE accounts SET type = ?, trip_on_arrears = ? WHERE id = ?",
+                (r.type, int(r.trip_on_arrears), r.id),
+            )
 
 
 class Charger:
@@ -121,7 +134,8 @@ class Charger:
         self.billing: dict[str, Billing] = {}
         self._meters_of: dict[str, tuple[str, ...]] = {}
         self._account_of: dict[str, str] = {}
-        self._states: dict[str, RatingRow] = {}
+        # the meters' and accounts' rating state: the fast path's arrays (gateway.charging.fast)
+        self._rating = Rating(self.book, self.calendar, engine=engine)
         self._accounts: dict[str, _Account] = {}
         self._ledger_id = 0
         self._lock = threading.RLock()
@@ -141,6 +155,9 @@ class Charger:
         self.lost = 0  # readings whose transaction kept failing
         self.reloads = 0
         self.changes = 0
+        # accounts changed by command win over the configuration's (which the runtime
+        # has just written to the ledger's accounts at start)
+        self.writer.call(_restore_account_records, durable=True).result(60)
         self.reload()
 
     # --- the poller's journal ---------------------------------------------------------
@@ -188,7 +205,7 @@ class Charger:
             if billing is None:  # reloaded meanwhile
                 self.writer.submit(event)
                 return
-            self._states.pop(event.meter, None)
+            self._rating.forget(event.meter)
             self._account_of.pop(event.meter, None)
             left = tuple(m for m in self._meters_of.get(billing.account, ()) if m != event.meter)
             self._meters_of[billing.account] = left
@@ -226,23 +243,11 @@ class Charger:
                 self._executor.submit(self._reload_quietly)
 
     def _rate(self, reading: Reading, billing: Billing) -> _Job:
-        """Under the lock: rate in memory, move the balance, evaluate the state."""
+        """Under the lock: rate in memory (the fast path, :mod:`gateway.charging.fast`:
+        the rating state is its arrays), move the balance, evaluate the state."""
         account = self._accounts[billing.account]
-        rated = rate_reading(
-            self._states.get(billing.meter),
-            reading,
-            billing,
-            self.book,
-            account.year,
-            self.calendar,
-            engine=self.engine,
-        )
-        if rated.state is not None:
-            self._states[billing.meter] = rated.state
-        closed = None
-        if rated.year is not None:
-            closed = closed_year(account.year, rated)
-            account.year = rated.year
+        rated, year = self._rating.rate(reading, billing)
+        closed = None if rated.year is None else closed_year(year, rated)
         account.balance -= rated.amount
         prepaid = None
         if rated.status == "rated" and account.type != "unbilled":
@@ -587,7 +592,7 @@ class Charger:
 
     def _rebuild(self, snap: Snapshot) -> None:
         config = self.config
-        accounts = {a.id: a for a in config.accounts}
+        accounts = {a.id: a for a in effective_accounts(config.accounts, snap.account_records)}
         buses = {b.name: b for b in config.serial_buses}
         default = snap.thresholds.get("", Thresholds.from_config(config.billing.thresholds))
         self.default_thresholds = default
@@ -607,7 +612,7 @@ class Charger:
             if own is None and acc is not None and acc.thresholds is not None:
                 own = Thresholds.from_config(acc.thresholds)
             self._accounts[ident] = _Account(
-                ident, kind, trip, balance, snap.years.get(ident, AccountYear()), own
+                ident, kind, trip, balance, own, acc.opened if acc is not None else None
             )
             state = snap.prepaid.get(ident)
             if state is not None and first:
@@ -647,7 +652,19 @@ class Charger:
         self.billing = billing
         self._meters_of = {a: tuple(sorted(ms)) for a, ms in meters_of.items()}
         self._account_of = account_of
-        self._states = {m: s for m, s in snap.states.items() if m in billing}
+        rating = Rating(self.book, self.calendar, engine=self.engine)
+        for a in self._accounts.values():
+            rating.add_account(
+                a.id,
+                a.type,
+                trip_on_arrears=a.trip_on_arrears,
+                thresholds=a.thresholds or default,
+                year=snap.years.get(a.id, AccountYear()),
+                opened=a.opened,
+            )
+        for b in billing.values():
+            rating.add_meter(b, snap.states.get(b.meter))
+        self._rating = rating
         self._ledger_id = snap.ledger_id
 
     # --- reads (no lock) -------------------------------------------------------------------
@@ -658,6 +675,11 @@ class Charger:
 
     def state(self, account: str) -> PrepaidState:
         return self.tracker.state(account)
+
+    def year(self, account: str) -> AccountYear:
+        """The account's billing-year tier total and reset, in memory (under the lock)."""
+        with self._lock:
+            return self._rating.year(account)
 
     def accounts_in(self, state: PrepaidState) -> list[str]:
         return self.tracker.accounts_in(state)

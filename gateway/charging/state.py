@@ -6,7 +6,7 @@ and prepaid state; and :func:`post_reading`, the store-only path of one reading.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import ModuleType
 from typing import Any
@@ -19,6 +19,7 @@ from gateway.charging.rate import AccountYear, Billing, Rated, RatingRow, rate_r
 from gateway.prepaid import PrepaidState, Thresholds
 from gateway.protocols.batch import LedgerEntry
 from gateway.protocols.quantities import Reading
+from gateway.store.account_records import AccountRecord, account_records
 from gateway.store.ledger import Charge, journal_with_charges, post_charges
 from gateway.store.meters import MeterRecord, meter_records
 
@@ -216,6 +217,7 @@ class Snapshot:
     thresholds: dict[str, Thresholds]
     records: dict[str, MeterRecord]
     ledger_id: int
+    account_records: dict[str, AccountRecord] = field(default_factory=dict)
 
 
 def read_snapshot(db: Database) -> Snapshot:
@@ -250,4 +252,6 @@ def read_snapshot(db: Database) -> Snapshot:
     }
     records = {r.meter: r for r in meter_records(db)}
     ledger_id = int(db.execute("SELECT coalesce(max(id), 0) FROM ledger").fetchone()[0])
-    return Snapshot(accounts, states, years, prepaid, thresholds, records, ledger_id)
+    return Snapshot(
+        accounts, states, years, prepaid, thresholds, records, ledger_id, account_records(db)
+    )

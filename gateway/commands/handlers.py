@@ -30,8 +30,9 @@ Arguments, per kind (all money in 0.0001 yuan, integers):
   (``id``, ``version``, ``effective`` UTC ms, ``kind`` and its prices), checked as the
   configuration's are; not newer than the book's: ``POLICY``.  Kept, in force at once; a
   late one re-rated with one adjustment (退补) per account (:mod:`gateway.tariff_updates`).
-- ``ACCOUNT_CHANGE``, ``METER_CHANGE``, ``CONFIG``, ``FIRMWARE``: not
-  supported by this gateway yet: ``FAILED`` / ``UNAVAILABLE``.
+- ``ACCOUNT_CHANGE``, ``METER_CHANGE``: accounts opened, changed, closed; meters added,
+  removed, replaced, CT changed, settled dead, confirmed (:mod:`gateway.commands.changes`).
+- ``CONFIG``, ``FIRMWARE``: not supported by this gateway yet: ``FAILED`` / ``UNAVAILABLE``.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from sqlite_utils import Database
 
 from gateway.clock import ManualClock, SystemClock
+from gateway.commands.changes import account_change, meter_change
 from gateway.errors import CommandRefused, GatewayError
 from gateway.prepaid import Thresholds
 from gateway.protocols.batch import HealthKind, HealthRecord
@@ -397,8 +399,8 @@ HANDLERS: dict[CommandKind, Handler] = {
     CommandKind.THRESHOLDS: thresholds,
     CommandKind.PROTECT: protect,
     CommandKind.RELAY_TEST: relay_test,
-    CommandKind.ACCOUNT_CHANGE: not_supported,
-    CommandKind.METER_CHANGE: not_supported,
+    CommandKind.ACCOUNT_CHANGE: account_change,
+    CommandKind.METER_CHANGE: meter_change,
     CommandKind.TIME_SET: time_set,
     CommandKind.BACK_FILL: back_fill,
     CommandKind.CONFIG: not_supported,

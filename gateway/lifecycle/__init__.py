@@ -2,7 +2,8 @@
 replace, change the CT ratio, settle a dead meter, confirm a meter whose number changed.
 
 Modules: :mod:`.swap` (add, remove, replace, CT change), :mod:`.hard_cases` (dead
-meters, a held meter confirmed), :mod:`.base` (results and the steps they share).
+meters, a held meter confirmed), :mod:`.accounts` (accounts opened, changed, closed by
+command, kept in the store), :mod:`.base` (results and the steps they share).
 
 Each function runs inside ONE store-writer transaction the caller owns and takes its
 Database (``writer.call(lambda db: remove_meter(db, ...), durable=True)``): the final
@@ -48,18 +49,30 @@ yuan, Wh x ratio as journaled).  Every operation is logged once by its reference
 removed or replaced, raises :class:`~gateway.errors.LifecycleRefused` and writes nothing.
 """
 
+from gateway.lifecycle.accounts import (
+    AccountResult,
+    billing_in,
+    change_account,
+    close_account,
+    open_account,
+)
 from gateway.lifecycle.base import DeadMeterResult, RemovalResult, ReplacementResult, billing_of
 from gateway.lifecycle.hard_cases import confirm_meter, settle_dead_meter
 from gateway.lifecycle.swap import add_meter, change_ct, remove_meter, replace_meter
 
 __all__ = [
+    "AccountResult",
     "DeadMeterResult",
     "RemovalResult",
     "ReplacementResult",
     "add_meter",
+    "billing_in",
     "billing_of",
+    "change_account",
     "change_ct",
+    "close_account",
     "confirm_meter",
+    "open_account",
     "remove_meter",
     "replace_meter",
     "settle_dead_meter",

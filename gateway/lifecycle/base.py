@@ -7,6 +7,7 @@ The underscored helpers are the package's own (imported by :mod:`.swap` and
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -15,7 +16,7 @@ from sqlite_utils import Database
 
 from gateway.billing import BillingYear, Running, SegmentKey, TariffBook
 from gateway.charging import Billing, Charged, post_reading
-from gateway.config.model import GatewayConfig
+from gateway.config.model import Account, GatewayConfig
 from gateway.errors import LifecycleRefused
 from gateway.protocols.batch import LedgerEntry, MeterEvent
 from gateway.protocols.quantities import EventCode, Quantity, Reading
@@ -162,17 +163,24 @@ def _merge(
     return out
 
 
-def billing_of(config: GatewayConfig, meter: str, record: MeterRecord | None) -> Billing | None:
+def billing_of(
+    config: GatewayConfig,
+    meter: str,
+    record: MeterRecord | None,
+    accounts: Iterable[Account] | None = None,
+) -> Billing | None:
     """How ``meter`` is billed whatever its standing (the Charger leaves held, removed and
     replaced meters out of ``Charger.billing``): as configured, with the recorded account
     and ratio; a meter with no account is the vacancy account's at
-    ``billing.vacancy_tariff``.  None: not billed (no tariff)."""
+    ``billing.vacancy_tariff``.  ``accounts``: the accounts in force (default the
+    configuration's; :func:`gateway.store.account_records.effective_accounts`).  None: not
+    billed (no tariff)."""
     m = next((x for x in config.meters if x.id == meter), None)
     if (m is None and record is None) or (m is not None and m.role == "gate"):
         return None  # unknown, or an area's gate meter (关口表): never billed
     account_id = record.account if record is not None else m.account if m is not None else None
     ratio = record.ratio if record is not None else m.ratio if m is not None else 1
-    account = next((a for a in config.accounts if a.id == account_id), None)
+    account = next((a for a in (accounts or config.accounts) if a.id == account_id), None)
     tariff = account.tariff if account is not None else None
     if account_id is None:
         account_id, tariff = VACANCY, config.billing.vacancy_tariff
