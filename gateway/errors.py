@@ -41,6 +41,7 @@ __all__ = [
     "PortError",
     "ProfileError",
     "ProtocolError",
+    "RatingError",
     "RemoteProtocolError",
     "StoreCorrupt",
     "StoreError",
@@ -121,3 +122,7 @@ class CommandRefused(GatewayError):
 
 class LifecycleRefused(GatewayError):
     """A meter lifecycle operation was refused (unknown or removed meter, a repeat ...)."""
+
+
+class RatingError(GatewayError):
+    """A reading could not be rated (the tariff refused it): stored, not charged."""
