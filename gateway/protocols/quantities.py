@@ -161,6 +161,10 @@ class EventCode(IntEnum):
     """A dead meter was settled and removed; detail: account, energy_wh (charged for),
     estimated (1: an estimated back-charge 追补, 0: an approved manual final reading),
     register_wh, charged, balance, approved_by, reason."""
+    VACANCY_EXCEPTION = 19
+    """The daily exception list (gateway.tasks.vacancy): the meter, with no tenant, drew
+    energy charged to the vacancy account that local day; detail: day (ISO), charges
+    (ledger entries), amount (0.0001 yuan, > 0)."""
 
 
 __all__ += ["EventCode"]
