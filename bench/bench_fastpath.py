@@ -45,9 +45,9 @@ from zoneinfo import ZoneInfo
 from gateway import fastpath
 from gateway.billing import BillingYear, TariffBook, TouSeason
 from gateway.charging import AccountYear, Billing, RatingRow, rate_reading
+from gateway.charging.fast import BatchRater
 from gateway.config.model import FlatTariff, TieredTariff, TouSlot, TouTariff
 from gateway.fastpath import _engine_py, layout
-from gateway.fastpath.batch import BatchRater
 from gateway.fastpath.tables import to_us
 from gateway.prepaid import Thresholds
 from gateway.protocols.quantities import Quantity, Reading

@@ -30,9 +30,9 @@ from gateway.billing import (
     TouSeason,
 )
 from gateway.charging import AccountYear, Billing, RatingRow, rate_reading
+from gateway.charging.fast import BatchRater, BatchResult
 from gateway.config.model import AccountType, FlatTariff, Tariff, TieredTariff, TouSlot, TouTariff
 from gateway.fastpath import _engine_py, layout
-from gateway.fastpath.batch import BatchRater, BatchResult
 from gateway.fastpath.tables import to_us
 from gateway.poller import REGISTER_RANGE_WH
 from gateway.prepaid import PrepaidState, StateChange, Thresholds, evaluate

@@ -4,7 +4,7 @@
 and ``UNAVAILABLE_REASON`` why the compiled one is not (``gateway doctor`` prints both).
 The compiled module must offer everything the twin does: a stale build (from an older
 ``_engine.pyx``) is refused with the reason.  ``rate_batch`` is the rating kernel (its
-arrays in ``layout.py``); :class:`gateway.fastpath.batch.BatchRater` drives it.
+arrays in ``layout.py``); :class:`gateway.charging.fast.BatchRater` drives it.
 """
 
 from __future__ import annotations
