@@ -196,6 +196,12 @@ def test_the_running_gateway_takes_the_snapshot_at_the_settlement_moment(tmp_pat
                     10,
                     "the July snapshot",
                 )
+                # the vacancy exception list of the day that ended (none: no vacancy tariff)
+                wait_for(
+                    lambda: rt.status()["vacancy"]["day"] == "2024-06-30",  # type: ignore[index]
+                    10,
+                    "the vacancy list",
+                )
             finally:
                 calendar.stop()
             assert rt.writer is not None

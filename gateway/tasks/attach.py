@@ -31,6 +31,7 @@ from gateway.store import JournalReader, StoreWriter
 from gateway.tasks.model import TaskSettings, task_meters
 from gateway.tasks.runner import TaskRunner, TickThread
 from gateway.tasks.settlement import SettlementTask
+from gateway.tasks.vacancy import VacancyTask
 from gateway.timesync import TimeSync, TimeSyncSettings, TimeTrust
 
 __all__ = ["Calendar", "RuntimeLike", "attach"]
@@ -102,7 +103,9 @@ def attach(
     runtime.add_status("timesync", sync.status)
     settlement = SettlementTask(runtime.clock, writer, runtime.config)
     runtime.add_status("settlement", settlement.status)
-    ticks: list[Callable[[], object]] = [runner.tick, sync.tick, settlement.tick]
+    vacancy = VacancyTask(runtime.clock, writer, runtime.config)
+    runtime.add_status("vacancy", vacancy.status)
+    ticks: list[Callable[[], object]] = [runner.tick, sync.tick, settlement.tick, vacancy.tick]
     if isinstance(runtime.clock, SystemClock):
         ticks.insert(0, TimeTrust(runtime.clock, writer).tick)
     thread = TickThread(ticks, interval, name="calendar").start()
