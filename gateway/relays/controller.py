@@ -154,6 +154,9 @@ class RelayController:
         self._wake = threading.Condition(self._lock)
         self._positions: dict[str, Position] = {}
         self._meter_offsets: dict[str, timedelta] = {}
+        self._unrecorded: set[str] = set()
+        """Meters found open at start while their account was not due: if it falls due,
+        the trip that opened them is recorded then (a kill lost its reading and record)."""
         self._ops: dict[str, _Op] = {}
         self._delayed: dict[str, tuple[datetime, tuple[str, ...]]] = {}
         self._blocked: dict[str, str] = {}
@@ -393,6 +396,19 @@ class RelayController:
                     and known.confirmed
                     and reason != "restart"
                 ):
+                    if meter in self._unrecorded:  # tripped before a kill, not recorded
+                        self._unrecorded.discard(meter)
+                        found = Position(account, True, True, balance, self._now_ms())
+                        self._positions[meter] = found
+                        self._record(
+                            meter,
+                            found,
+                            EventCode.RELAY_TRIPPED,
+                            account=account,
+                            balance=balance,
+                            reason="restart",
+                            sends=0,
+                        )
                     continue  # already tripped
                 ops.append(_Op(target, account, True, balance, reason))
         for op in ops:
@@ -564,6 +580,7 @@ class RelayController:
         with self._lock:
             if self._ops.get(meter) is op:
                 del self._ops[meter]
+            self._unrecorded.discard(meter)
             position = Position(op.account, op.open, True, op.balance, self._now_ms())
             self._positions[meter] = position
             self._alarms = [
@@ -753,6 +770,8 @@ class RelayController:
                 return
             known = self._positions.get(meter)
             self._positions[meter] = position
+            if is_open and state != PrepaidState.DUE_TO_TRIP:
+                self._unrecorded.add(meter)
         remembered = known is not None and known.confirmed and known.open == is_open
         if remembered:
             return
