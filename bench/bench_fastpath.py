@@ -21,9 +21,9 @@ Figures:
   ``ChargeLine`` objects with datetimes): what a caller wanting everything pays.
 - **batches of 1**: the same readings one at a time, outcomes included (a caller that
   rates each reading as it comes, as the Charger does).
-- **rate_reading ns/reading**: the Charger's rating today (``gateway.charging``'s
-  ``rate_reading``, one call per reading, which rates with ``gateway.billing.rate``); its
-  amounts must equal the BatchRater's.
+- **rate_reading ns/reading**: the Python reference (``gateway.charging``'s
+  ``rate_reading``, one call per reading, which rates with ``gateway.billing.rate``; the
+  Charger's rating before Step 8); its amounts must equal the BatchRater's.
 
 The last line printed is JSON.  Goal: compiled kernel >= 20x faster than the twin.
 """

@@ -6,8 +6,9 @@ A :class:`Charger` is the poller's :class:`~gateway.poller.Journal`.  It keeps a
 loaded from the store at start (:meth:`Charger.reload` re-reads it): each billed meter's
 rating state, each account's balance, billing-year tier total, type, trip flag,
 thresholds and prepaid state.  :meth:`Charger.submit` (a bus thread) rates a billed
-reading in memory (:func:`rate_reading`, the one function Step 8's compiled fast path
-replaces; :mod:`gateway.charging.rate`), moves the balance, evaluates the account's prepaid state
+reading in memory on the fast path (:mod:`gateway.charging.fast`: the compiled kernel,
+or its twin; :func:`rate_reading` of :mod:`gateway.charging.rate` stays the Python
+reference it is tested against), moves the balance, evaluates the account's prepaid state
 (:class:`~gateway.prepaid.StateTracker`) and calls the listeners with any change, and only
 then queues one durable transaction that writes exactly those results: the reading, its
 charges, the meter's rating state, the account's tier total and prepaid state, and a

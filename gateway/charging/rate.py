@@ -2,9 +2,10 @@
 
 :func:`rate_reading` is the one function that turns a meter's previous rating state, a
 reading and the account's billing-year state into charge lines and the new states; the
-:class:`~gateway.charging.Charger` calls it in memory under its lock, and
-:func:`~gateway.charging.post_reading` from the store.  Step 8's compiled fast path
-replaces it.  The rules are in :mod:`gateway.charging`.
+:func:`~gateway.charging.post_reading` calls it from the store, and it is the reference
+the :class:`~gateway.charging.Charger`'s fast path (:mod:`gateway.charging.fast`, which
+rates in memory under its lock) is tested against, to the unit.  The rules are in
+:mod:`gateway.charging`.
 """
 
 from __future__ import annotations
