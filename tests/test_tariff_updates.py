@@ -23,6 +23,7 @@ from gateway.config.model import FlatTariff, TieredTariff, TouTariff
 from gateway.errors import ConfigError
 from gateway.protocols.quantities import FLAG_CURVE, Quantity, Reading
 from gateway.store import Store
+from gateway.store.db import connect
 from gateway.store.ledger import (
     EntryKind,
     Ledger,
@@ -32,11 +33,14 @@ from gateway.store.ledger import (
     sync_accounts,
 )
 from gateway.tariff_updates import (
+    LateRerating,
     add_version,
+    finish_late,
     in_force,
     load_book,
     ms_of,
     newer_refusal,
+    plan_late,
     tariff_args,
     tariff_from_args,
 )
@@ -408,3 +412,44 @@ def test_a_late_tiered_tariff_keeps_the_accounts_shared_tier_total(tmp_path: Pat
     finally:
         b.charger.close()
         b.store.close()
+
+
+def test_readings_journaled_after_the_plan_are_rerated_with_charging_paused(
+    bench: Bench,
+) -> None:
+    # The golden journal again, but the bulk is planned on a snapshot (a read
+    # connection, charging going on) after a1's reading at -1.5 h; B has no reading after
+    # E yet then.  The rest arrives before the transaction and is carried on in it.
+    for meter, hours, wh in [
+        ("a1", -4, 100_000), ("a2", -4, 50_000), ("b1", -5, 10_000),
+        ("a1", -3, 101_000), ("a2", -2.5, 50_333), ("a1", -1.5, 104_000),
+    ]:  # fmt: skip
+        bench.read(meter, hours, wh)
+    v2 = tariff_from_args(V2)
+    old, charger = bench.charger.book, bench.charger
+    new = old.with_tariff(v2)
+    snapshot = connect(bench.store.path, readonly=True)
+    try:
+        plan = plan_late(snapshot, v2, old, new, charger.billing, charger.calendar)
+    finally:
+        snapshot.conn.close()
+    assert set(plan.accounts) == {"A", "B"} and plan.skipped == {}
+    for meter, hours, wh in [
+        ("b1", -1, 14_000), ("a2", -0.75, 51_111), ("b1", -0.25, 14_250),
+        ("a1", 0, 105_500), ("a2", 0, 51_500),
+    ]:  # fmt: skip
+        bench.read(meter, hours, wh)
+
+    def run(db: Database) -> LateRerating:
+        return finish_late(
+            db, plan, old, new, charger.billing, charger.calendar, ts_ms=NOW_MS, reason="late"
+        )
+
+    done = charger.add_tariff(new, run).result(30)
+    # the same as all at once (see the golden test): A +3_445, B +1_250
+    got = {a.account_id: (a.amount, a.rerated, a.posted) for a in done.adjustments}
+    assert got == {"A": (3_445, 31_780, 28_335), "B": (1_250, 22_500, 21_250)}
+    assert done.readings == 6 and done.skipped == {}
+    assert bench.balances() == {"A": FUND - 38_445, "B": FUND - 22_500, "vacancy": 0}
+    assert bench.db(check_balances) == []
+    assert charger.book is new

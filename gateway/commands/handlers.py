@@ -339,7 +339,8 @@ def tariff(rt: Runtime, cmd: Command) -> Outcome:
     if why is not None:
         raise CommandRefused(ReasonCode.POLICY.name, why)
     try:
-        added = add_version(charger, version, rt.now_ms()).result(_TARIFF_TIMEOUT)
+        pending = add_version(charger, version, rt.now_ms(), store_path=rt.store_path)
+        added = pending.result(_TARIFF_TIMEOUT)
     except ValueError as exc:
         raise _bad(str(exc)) from exc
     except FutureTimeout:

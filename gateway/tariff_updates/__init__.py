@@ -10,16 +10,21 @@ when late, re-rated from the journal with one adjustment (退补) per account.
 <gateway.charging.Charger.add_tariff>`: in one durable transaction with charging paused
 (the queued readings written first) the version is stored and, when its effective time
 is past, the consumption since then re-rated and the adjustments posted; the charger's
-cache is reloaded and its book replaced before any reading is rated again.
+cache is reloaded and its book replaced before any reading is rated again.  Given the
+store's path, the bulk of a late re-rating is worked out before, on a snapshot, while
+charging goes on (:func:`~gateway.tariff_updates.rerating.plan_late`): the bus threads
+wait only for the readings of the last moments.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from sqlite_utils import Database
 
@@ -27,8 +32,16 @@ from gateway.billing import TariffBook
 from gateway.charging import Charger
 from gateway.config.model import GatewayConfig, Tariff
 from gateway.protocols.command import ArgValue
+from gateway.store.db import connect
 from gateway.store.writer import StoreWriter
-from gateway.tariff_updates.rerating import LateRerating, adjustment_reference, rerate_late
+from gateway.tariff_updates.rerating import (
+    LatePlan,
+    LateRerating,
+    adjustment_reference,
+    finish_late,
+    plan_late,
+    rerate_late,
+)
 from gateway.tariff_updates.versions import (
     StoredVersion,
     book_with,
@@ -42,16 +55,19 @@ from gateway.tariff_updates.versions import (
 
 __all__ = [
     "Added",
+    "LatePlan",
     "LateRerating",
     "StoredVersion",
     "add_version",
     "adjustment_reference",
     "book_with",
+    "finish_late",
     "in_force",
     "late_reason",
     "load_book",
     "ms_of",
     "newer_refusal",
+    "plan_late",
     "rerate_late",
     "status",
     "store_version",
@@ -102,29 +118,52 @@ def newer_refusal(charger: Charger, tariff: Tariff) -> str | None:
 
 
 def add_version(
-    charger: Charger, tariff: Tariff, now_ms: int, *, timeout: float = 120.0
+    charger: Charger,
+    tariff: Tariff,
+    now_ms: int,
+    *,
+    store_path: str | Path | None = None,
+    timeout: float = 120.0,
 ) -> Future[Added]:
     """Store ``tariff`` and put it in force; re-rate if late (see the module docstring).
 
-    ValueError when the book refuses it (checked first, nothing done)."""
+    With ``store_path`` a late version's re-rating is worked out first on a read
+    connection of its own (charging goes on meanwhile, with the old book), and only the
+    readings journaled since are re-rated with charging paused.  ValueError when the
+    book refuses the version (checked first, nothing done)."""
     old = charger.book
     new = old.with_tariff(tariff)
     late = ms_of(tariff.effective) < now_ms
     reason = late_reason(tariff, charger.config)
+    calendar, engine = charger.calendar, charger.engine
+    plan: LatePlan | None = None
+    if late and store_path is not None:
+        try:
+            db = connect(Path(store_path), readonly=True)
+            try:
+                plan = plan_late(db, tariff, old, new, charger.billing, calendar, engine=engine)
+            finally:
+                db.conn.close()
+        except sqlite3.Error as exc:  # then all of it with charging paused
+            _log.warning(
+                "tariff %s v%d: no snapshot to plan on (%s)", tariff.id, tariff.version, exc
+            )
 
     def run(db: Database) -> Added:
         rerating = None
         if late:
-            rerating = rerate_late(
+            billing = charger.billing  # the charger's thread holds its lock: no reload now
+            done = plan or plan_late(db, tariff, old, new, billing, calendar, engine=engine)
+            rerating = finish_late(
                 db,
-                tariff,
+                done,
                 old,
                 new,
-                charger.billing,
-                charger.calendar,
+                billing,
+                calendar,
                 ts_ms=now_ms,
                 reason=reason,
-                engine=charger.engine,
+                engine=engine,
             )
         entries = {a: e.entry_id for a, e in rerating.entries.items()} if rerating else {}
         store_version(db, tariff, now_ms, entries)

@@ -1,5 +1,5 @@
-"""A late tariff version re-rated from the journal: one adjustment (退补) per account,
-in the caller's store transaction (domain.md, "Late or corrected tariffs").
+"""A late tariff version re-rated from the journal: one adjustment (退补) per account
+(domain.md, "Late or corrected tariffs").
 
 The consumption to re-rate is the journal's readings of the tariff's meters from each
 meter's *anchor* -- its last reading at or before the effective time that set its
@@ -12,8 +12,8 @@ algorithm (re-rate from the state before the first interval, Σ re-rated − Σ 
 account) with the journal's readings instead of ready-made intervals.
 
 The state before the window is the stored state wound back: each rounding accumulator
-(meter, tariff, version, segment) minus the window's energy on it and minus the charges
-the ledger holds for the window's lines; the account's tier total minus the window's
+(meter, tariff, version, segment) less the window's energy on it (an accumulator always
+holds ``cumulative_cost(energy, price)``), the account's tier total less the window's
 energy.  Then the window is replayed under the old book and must reproduce, to the
 unit, every charge the ledger holds for it and the stored states; an account where it
 does not (its journal pruned, a meter changed mid-window, the yearly tier reset inside
@@ -22,6 +22,13 @@ window is replayed under the new book: the meters' states and the account's tier
 become the re-rated ones (rating goes on from them) and the difference is posted as one
 :attr:`~gateway.store.ledger.EntryKind.ADJUSTMENT` entry, reference
 ``tariff:<id>:v<version>:<account>``, with the reason.
+
+Two steps, so that the bus threads wait only for the readings of the last moments:
+:func:`plan_late` does the work on a consistent snapshot (a read transaction, any
+connection, no lock) up to the journal's last position then; :func:`finish_late`, in
+the durable transaction with charging paused, carries both replays on over the readings
+written since, checks them the same way, and writes.  :func:`rerate_late` is both in
+one transaction.
 """
 
 from __future__ import annotations
@@ -44,7 +51,14 @@ from gateway.store.journal import Kind, decode_row
 from gateway.store.ledger import EntryKind, post
 from gateway.tariff_updates.versions import ms_of
 
-__all__ = ["LateRerating", "adjustment_reference", "rerate_late"]
+__all__ = [
+    "LatePlan",
+    "LateRerating",
+    "adjustment_reference",
+    "finish_late",
+    "plan_late",
+    "rerate_late",
+]
 
 Window = list[tuple[int, Reading]]
 
@@ -71,6 +85,32 @@ class _Replay:
     lines: dict[tuple[str, int], tuple[ChargeLine, ...]] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class _Account:
+    """One account re-rated up to the plan's position."""
+
+    old: _Replay  #: its meters' states and tier total under the old book (= the stored)
+    new: _Replay  #: the same under the new book
+    rerated: int
+    posted: int
+    readings: int
+    touched: frozenset[str]  #: meters with readings re-rated
+
+
+@dataclass(frozen=True, slots=True)
+class LatePlan:
+    """The re-rating of ``tariff`` up to journal position ``position`` (readings)."""
+
+    tariff: Tariff
+    position: int
+    accounts: Mapping[str, _Account]
+    skipped: Mapping[str, str]
+
+
+class _Skip(Exception):
+    """This account cannot be re-rated from the journal (the reason)."""
+
+
 def rerate_late(
     db: Database,
     tariff: Tariff,
@@ -87,65 +127,180 @@ def rerate_late(
     ``tariff.id`` (``billing``: the charger's, meter -> how it is billed) under ``new``
     instead of ``old`` and post the adjustments at ``ts_ms``, in the caller's
     transaction (see the module docstring)."""
-    meters = {m: b for m, b in billing.items() if b.tariff == tariff.id}
-    windows, anchors = _windows(db, meters, ms_of(tariff.effective))
-    by_account: dict[str, list[str]] = {}
-    for meter, b in sorted(meters.items()):
-        by_account.setdefault(b.account, []).append(meter)
+    plan = plan_late(db, tariff, old, new, billing, calendar, engine=engine)
+    return finish_late(
+        db, plan, old, new, billing, calendar, ts_ms=ts_ms, reason=reason, engine=engine
+    )
+
+
+def plan_late(
+    db: Database,
+    tariff: Tariff,
+    old: TariffBook,
+    new: TariffBook,
+    billing: Mapping[str, Billing],
+    calendar: BillingYear,
+    *,
+    engine: ModuleType | None = None,
+) -> LatePlan:
+    """The re-rating up to the journal's last position now; writes nothing.  Outside a
+    transaction ``db`` gets a read transaction of its own (one consistent snapshot)."""
+    own = not db.conn.in_transaction
+    if own:
+        db.execute("BEGIN")
+    try:
+        return _plan(db, tariff, old, new, billing, calendar, engine)
+    finally:
+        if own:
+            db.execute("ROLLBACK")
+
+
+def _plan(
+    db: Database,
+    tariff: Tariff,
+    old: TariffBook,
+    new: TariffBook,
+    billing: Mapping[str, Billing],
+    calendar: BillingYear,
+    engine: ModuleType | None,
+) -> LatePlan:
+    meters = _on(tariff, billing)
+    position = int(db.execute("SELECT coalesce(max(id), 0) FROM readings").fetchone()[0])
+    windows, anchors = _windows(db, meters, ms_of(tariff.effective), position)
+    accounts: dict[str, _Account] = {}
+    skipped: dict[str, str] = {}
+    for account, ms in _by_account(meters).items():
+        window = sorted((p, r) for m in ms for p, r in windows[m])
+        try:
+            accounts[account] = _account(
+                db, account, ms, window, anchors, meters, old, new, calendar, engine
+            )
+        except _Skip as why:
+            if window:  # nothing read since: nothing to re-rate (unless read meanwhile)
+                skipped[account] = str(why)
+    return LatePlan(tariff, position, accounts, skipped)
+
+
+def finish_late(
+    db: Database,
+    plan: LatePlan,
+    old: TariffBook,
+    new: TariffBook,
+    billing: Mapping[str, Billing],
+    calendar: BillingYear,
+    *,
+    ts_ms: int,
+    reason: str,
+    engine: ModuleType | None = None,
+) -> LateRerating:
+    """Carry ``plan`` over the readings journaled after it, check, write the states and
+    post the adjustments, in the caller's transaction."""
+    tariff = plan.tariff
+    meters = _on(tariff, billing)
+    later: dict[str, Window] = {m: [] for m in meters}
+    if meters:
+        marks = ", ".join("?" for _ in meters)
+        rows = db.execute(
+            "SELECT r.id, m.name, r.ts_ms, r.flags, r.vals FROM readings r JOIN meters m"
+            f" ON m.id = r.meter WHERE r.id > ? AND m.name IN ({marks}) ORDER BY r.id",
+            (plan.position, *meters),
+        )
+        for row in rows:
+            pos, reading = decode_row(Kind.READINGS, tuple(row))
+            assert isinstance(reading, Reading)
+            if not reading.flags & FLAG_CURVE:
+                later[reading.meter].append((pos, reading))
     adjustments: list[Adjustment] = []
     entries: dict[str, LedgerEntry] = {}
-    skipped: dict[str, str] = {}
+    skipped = dict(plan.skipped)
     count = 0
-    for account, ms in sorted(by_account.items()):
-        window = sorted((p, r) for m in ms for p, r in windows.get(m, []))
-        if not window:
+    for account, ms in _by_account(meters).items():
+        window = sorted((p, r) for m in ms for p, r in later[m])
+        planned = plan.accounts.get(account)
+        if planned is None or account in skipped:
+            if window and account not in skipped:
+                skipped[account] = "read while the tariff was applied, nothing to re-rate from"
             continue
         try:
-            done = _account(db, account, ms, window, anchors, meters, old, new, calendar, engine)
+            done = _finish(db, account, ms, window, planned, meters, old, new, calendar, engine)
         except _Skip as why:
             skipped[account] = str(why)
             continue
-        rows, year, rerated, posted = done
-        for meter, row in rows.items():
-            if row is not None:
-                save_state(db, meter, row.last_ts_ms, row.last_energy_wh, row.totals, row.slots)
-        save_year(db, account, year)
-        count += len(window)
-        if rerated != posted:
-            adjustment = Adjustment(account, rerated - posted, rerated, posted, reason)
-            adjustments.append(adjustment)
-            entries[account] = post(
-                db,
-                account,
-                EntryKind.ADJUSTMENT,
-                -adjustment.amount,  # the ledger's sign: what it does to the balance
-                ts_ms,
-                adjustment_reference(tariff, account),
-                tariff_version=tariff.version,
-                reason=reason,
-            )
+        count += planned.readings + len(window)
+        if done is None:
+            continue
+        adjustment = Adjustment(account, done[0] - done[1], done[0], done[1], reason)
+        adjustments.append(adjustment)
+        entries[account] = post(
+            db,
+            account,
+            EntryKind.ADJUSTMENT,
+            -adjustment.amount,  # the ledger's sign: what it does to the balance
+            ts_ms,
+            adjustment_reference(tariff, account),
+            tariff_version=tariff.version,
+            reason=reason,
+        )
     return LateRerating(tuple(adjustments), entries, skipped, count)
 
 
-class _Skip(Exception):
-    """This account cannot be re-rated from the journal (the reason)."""
+def _finish(
+    db: Database,
+    account: str,
+    ms: list[str],
+    window: Window,
+    planned: _Account,
+    meters: Mapping[str, Billing],
+    old: TariffBook,
+    new: TariffBook,
+    calendar: BillingYear,
+    engine: ModuleType | None,
+) -> tuple[int, int] | None:
+    """Write the account's re-rated states; (Σ re-rated, Σ posted) when they differ."""
+    if any(m not in planned.old.rows for m in ms):
+        raise _Skip("its meters changed while the tariff was applied")
+    posted = {(r.meter, p): _charges(db, r.meter, p) for p, r in window}
+    check = _replay(planned.old.rows, planned.old.year, window, meters, old, calendar, engine)
+    _verify(db, account, ms, check, posted)
+    final = _replay(planned.new.rows, planned.new.year, window, meters, new, calendar, engine)
+    touched = planned.touched | {r.meter for _, r in window}
+    if not touched:
+        return None
+    for meter in sorted(touched):
+        row = final.rows[meter]
+        if row is not None:
+            save_state(db, meter, row.last_ts_ms, row.last_energy_wh, row.totals, row.slots)
+    save_year(db, account, final.year)
+    rerated = planned.rerated + sum(final.amounts.values())
+    charged = planned.posted + sum(sum(v.values()) for v in posted.values())
+    return None if rerated == charged else (rerated, charged)
+
+
+def _on(tariff: Tariff, billing: Mapping[str, Billing]) -> dict[str, Billing]:
+    return {m: b for m, b in sorted(billing.items()) if b.tariff == tariff.id}
+
+
+def _by_account(meters: Mapping[str, Billing]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for meter, b in sorted(meters.items()):
+        out.setdefault(b.account, []).append(meter)
+    return dict(sorted(out.items()))
 
 
 def _windows(
-    db: Database, meters: Mapping[str, Billing], effective_ms: int
+    db: Database, meters: Mapping[str, Billing], effective_ms: int, upto: int
 ) -> tuple[dict[str, Window], dict[str, Reading]]:
-    """Per meter, the readings after its anchor (position order) and the anchor.
-
-    One backward scan of the journal, stopping once every meter has its anchor."""
+    """Per meter, the readings after its anchor up to position ``upto`` (position
+    order) and the anchor.  One backward scan, stopping once every meter has its anchor."""
     windows: dict[str, Window] = {m: [] for m in meters}
     anchors: dict[str, Reading] = {}
     if not meters:
         return windows, anchors
     marks = ", ".join("?" for _ in meters)
     cursor = db.execute(
-        "SELECT r.id, m.name, r.ts_ms, r.flags, r.vals FROM readings r"
-        f" JOIN meters m ON m.id = r.meter WHERE m.name IN ({marks}) ORDER BY r.id DESC",
-        tuple(meters),
+        "SELECT r.id, m.name, r.ts_ms, r.flags, r.vals FROM readings r JOIN meters m"
+        f" ON m.id = r.meter WHERE r.id <= ? AND m.name IN ({marks}) ORDER BY r.id DESC",
+        (upto, *meters),
     )
     for row in cursor:
         meter = str(row[1])
@@ -202,6 +357,24 @@ def _replay(
     return out
 
 
+def _verify(
+    db: Database,
+    account: str,
+    ms: list[str],
+    check: _Replay,
+    posted: Mapping[tuple[str, int], Mapping[int, int]],
+) -> None:
+    """The old book's replay must give what the ledger and the store hold."""
+    for key, amount in check.amounts.items():
+        if amount != sum(posted[key].values()):
+            raise _Skip(f"meter {key[0]}: reading {key[1]} was charged otherwise")
+    for m in ms:
+        if check.rows[m] != load_state(db, m):
+            raise _Skip(f"meter {m}: its rating state does not follow from the journal")
+    if check.year != load_year(db, account):
+        raise _Skip("the tier total does not follow from the journal")
+
+
 def _account(
     db: Database,
     account: str,
@@ -213,21 +386,22 @@ def _account(
     new: TariffBook,
     calendar: BillingYear,
     engine: ModuleType | None,
-) -> tuple[dict[str, RatingRow | None], AccountYear, int, int]:
-    """(the re-rated rows and tier state, Σ re-rated, Σ posted) or _Skip."""
-    current = {m: load_state(db, m) for m in ms}
+) -> _Account:
+    """The account re-rated over ``window`` (or _Skip)."""
     year = load_year(db, account)
     posted = {(r.meter, p): _charges(db, r.meter, p) for p, r in window}
+    moving = {r.meter for _, r in window}
     bases: dict[str, RatingRow | None] = {}
     for m in ms:
         anchor = anchors.get(m)
-        if anchor is None:
+        if m not in moving:  # nothing read since its anchor: its state as it is
+            bases[m] = load_state(db, m)
+        elif anchor is None:
             bases[m] = None
         else:  # the state the anchor left (its time, energy and registers)
-            base = rate_reading(None, anchor, meters[m], old, AccountYear(), calendar).state
-            bases[m] = base
-    first = min([a.ts_ms for m, a in anchors.items() if m in ms] + [r.ts_ms for _, r in window])
-    if year.year_end is not None and calendar.end_of(when(first)) != year.year_end:
+            bases[m] = rate_reading(None, anchor, meters[m], old, AccountYear(), calendar).state
+    times = [anchors[m].ts_ms for m in moving if m in anchors] + [r.ts_ms for _, r in window]
+    if times and year.year_end is not None and calendar.end_of(when(min(times))) != year.year_end:
         raise _Skip("the window crosses the yearly tier reset")
     # 1. the window's energy (independent of the start): wind the tier total back
     probe = _replay(bases, year, window, meters, old, calendar, engine)
@@ -236,12 +410,12 @@ def _account(
         raise _Skip("the tier total does not cover the window's energy")
     # 2. each accumulator wound back by the window's energy on it
     lines = _replay(bases, start_year, window, meters, old, calendar, engine).lines
-    start: dict[str, RatingRow | None] = {}
-    for m in ms:
-        base, now = bases[m], current[m]
+    start = dict(bases)
+    for m in sorted(moving):
+        base = bases[m]
         if base is None:
-            start[m] = None
             continue
+        now = load_state(db, m)
         if now is None:
             raise _Skip(f"meter {m} has no rating state")
         totals = _wound_back(now.totals, lines, m, engine)
@@ -250,18 +424,13 @@ def _account(
         start[m] = replace(base, totals=totals)
     # 3. the old book must reproduce the ledger and the stored states exactly
     check = _replay(start, start_year, window, meters, old, calendar, engine)
-    for key, amount in check.amounts.items():
-        if amount != sum(posted[key].values()):
-            raise _Skip(f"meter {key[0]}: reading {key[1]} was charged otherwise")
-    for m in ms:
-        if check.rows[m] != current[m]:
-            raise _Skip(f"meter {m}: its rating state does not follow from the journal")
-    if check.year != year:
-        raise _Skip("the tier total does not follow from the journal")
+    _verify(db, account, ms, check, posted)
     # 4. the new book from the same start
     final = _replay(start, start_year, window, meters, new, calendar, engine)
     charged = sum(sum(v.values()) for v in posted.values())
-    return final.rows, final.year, sum(final.amounts.values()), charged
+    return _Account(
+        check, final, sum(final.amounts.values()), charged, len(window), frozenset(moving)
+    )
 
 
 def _wound_back(
