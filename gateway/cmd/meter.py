@@ -169,6 +169,7 @@ def _act(args: argparse.Namespace, config: Any, store: Any) -> Any:
     from gateway import lifecycle
     from gateway.billing import BillingYear, TariffBook
     from gateway.errors import LifecycleRefused
+    from gateway.lifecycle.accounts import accounts_in_force
     from gateway.protocols.quantities import Quantity, Reading
     from gateway.store.meters import MeterRecord, meter_records, record_of
 
@@ -178,8 +179,10 @@ def _act(args: argparse.Namespace, config: Any, store: Any) -> Any:
     meter = args.meter
     ts_ms = _at(getattr(args, "at", None))
     book, calendar = TariffBook.from_config(config), BillingYear.from_config(config)
+    # the accounts in force: the configuration's with those changed by command applied
+    accounts = store.writer.call(lambda db: accounts_in_force(db, config)).result(60)
     record = store.writer.call(lambda db: record_of(db, meter)).result(60)
-    billing = lifecycle.billing_of(config, meter, record)
+    billing = lifecycle.billing_of(config, meter, record, accounts.values())
 
     def reading(of: str, wh: int) -> Reading:
         return Reading(of, ts_ms, {Quantity.ENERGY_IMPORT: wh})
@@ -192,7 +195,7 @@ def _act(args: argparse.Namespace, config: Any, store: Any) -> Any:
         account = args.account or (configured.account if configured else None)
         ratio = args.ratio or (configured.ratio if configured else 1)
         wanted = MeterRecord(meter, account, "active", ratio, ts_ms)
-        to = lifecycle.billing_of(config, meter, wanted)
+        to = lifecycle.billing_of(config, meter, wanted, accounts.values())
         if to is None:
             raise LifecycleRefused(f"account {account} has no tariff: nothing to add to")
         start = reading(meter, _wh(args.initial_kwh, ratio, "--initial-kwh"))

@@ -9,10 +9,11 @@ Each function runs inside ONE store-writer transaction the caller owns and takes
 Database (``writer.call(lambda db: remove_meter(db, ...), durable=True)``): the final
 reading, its charges, a refund, the new baseline, the meter records
 (:mod:`gateway.store.meters`), the event and the operation's log row are committed
-together or not at all.  After any of them the caller calls ``runtime.charger.reload()``.
-In a running gateway a reading of the meter rated in memory between the transaction and
-that reload would still be charged on the old state: poll the meter no more meanwhile
-(or hold the charger's lock across both).
+together or not at all.  In a running gateway run them through
+``runtime.charger.apply(fn)`` (:meth:`gateway.charging.Charger.apply`): charging paused,
+the queued readings written first, the transaction, then the charger's reload, so no
+reading rated in memory slips in between (the commands METER_CHANGE and ACCOUNT_CHANGE
+do: :mod:`gateway.commands.changes`).
 
 - :func:`add_meter` (加表): the start reading is the baseline and the account and ratio
   are recorded; a meter removed before may go to another account.
