@@ -248,3 +248,13 @@ def test_a_swapped_meter_is_confirmed_and_its_ct_changed_by_command(
             "new_ratio": 10, "reason": "CT 50/5 fitted"}))  # fmt: skip
         assert ct.status == ReplyStatus.OK, ct
         assert c.billing["dl1"].ratio == 10
+        # dl2 (no tenant, not billed) swapped: nothing held, the confirm clears the flag
+        sim.control("dl2", "swap", {"meter_number": "990000000010", "energy_import_wh": 0})
+        wait_for(lambda: "dl2" in poller.status()["swapped"], 10, "dl2 swapped")  # type: ignore[operator]
+        assert "dl2" not in c.billing
+        confirm: dict[str, ArgValue] = {
+            "op": "confirm", "meter": "dl2", "approved_by": "tech-7", "reason": "new meter"
+        }  # fmt: skip
+        reply = send(broker, command(rt, master_key, CommandKind.METER_CHANGE, confirm))
+        assert reply.status == ReplyStatus.OK, reply
+        assert reply.result["held"] is False and poller.status()["swapped"] == []

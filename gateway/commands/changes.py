@@ -91,8 +91,8 @@ def _wh(cmd: Command, name: str, default: Any = ...) -> Any:
 
 def _plain(result: object) -> dict[str, ArgValue]:
     out = asdict(result) if not isinstance(result, dict) else dict(result)  # type: ignore[call-overload]
-    entries = out.pop("entries", ())
-    out["entry_ids"] = [e["entry_id"] for e in entries]
+    if "entries" in out:
+        out["entry_ids"] = [e["entry_id"] for e in out.pop("entries")]
     return {k: v for k, v in out.items() if v is None or isinstance(v, bool | int | str | list)}
 
 
@@ -277,8 +277,14 @@ def meter_change(rt: Runtime, cmd: Command) -> CommandReply:
     else:  # confirm
         approved: str = _arg(cmd, "approved_by", str)
         charge_held: bool = _arg(cmd, "charge_held", bool, True)
+        poller = rt.pollers.get(configured.bus)
+        swapped = poller is not None and meter in poller.status().get("swapped", [])  # type: ignore[operator]
 
         def fn(db: Database) -> Any:
+            record = record_of(db, meter)
+            if swapped and (record is None or record.status != "held"):
+                # a swap the charger did not hold (an unbilled meter): only the poller's flag
+                return {"meter": meter, "status": "active", "held": False}
             return lifecycle.confirm_meter(
                 db,
                 meter,
