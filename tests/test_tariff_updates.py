@@ -453,3 +453,25 @@ def test_readings_journaled_after_the_plan_are_rerated_with_charging_paused(
     assert bench.balances() == {"A": FUND - 38_445, "B": FUND - 22_500, "vacancy": 0}
     assert bench.db(check_balances) == []
     assert charger.book is new
+
+
+def test_a_second_late_version_rerates_what_the_first_corrected(bench: Bench) -> None:
+    consume(bench)
+    add_version(bench.charger, tariff_from_args(V2), NOW_MS).result(30)  # A +3_445, B +1_250
+    v3 = tariff_from_args({**V2, "version": 3, "effective": NOW_MS - H, "price": 7000})
+    added = add_version(bench.charger, v3, NOW_MS).result(30)
+    # v1 (x 5) until -2 h, v2 (x 6) until -1 h, v3 (x 7) after.  The charges of these
+    # readings were corrected by v2's adjustment: what they cost now is v2's re-rating.
+    # a1 from -1.5 h: [-1.5,0] 1_500 Wh, 0.5 h before -1 h: 500 v2, 1_000 v3
+    #    v2 then 1_500 x 6 = 9_000; now 500 x 6 + 1_000 x 7 = 10_000: +1_000
+    # a2 from -2.5 h: [-2.5,-0.75] 778 Wh over 105 min cut at 30 and 90 min:
+    #    round(778 x 30/105) = 222, round(778 x 90/105) = round(666.86) = 667:
+    #    222 v1, 445 v2, 111 v3; then [-0.75,0] 389 v3.  v2 then 556 + 389 = 945 Wh,
+    #    now 445 v2 and 500 v3: 500 Wh from x 6 to x 7: +500          A: +1_500
+    # b1 from -1 h: [-1,-0.25] 250 Wh v2 then (1_500), v3 now (1_750): B: +250
+    assert added.rerating is not None
+    got = {a.account_id: a.amount for a in added.rerating.adjustments}
+    assert got == {"A": 1_500, "B": 250} and added.rerating.skipped == {}
+    assert bench.balances() == {"A": FUND - 38_445 - 1_500, "B": FUND - 22_500 - 250, "vacancy": 0}
+    assert bench.db(check_balances) == []
+    assert in_force(bench.charger.book, ["flat"], NOW)["flat"]["version"] == 3  # type: ignore[index]

@@ -261,8 +261,9 @@ def _tariff_versions(db: Database) -> None:
     # gateway.tariff_updates: every tariff version the master sent (TARIFF command), once
     # per (tariff, version), as its command arguments (CBOR; read back through the same
     # validation as the configuration's); the book is the config's versions and these.
-    # ``adjustments`` (CBOR map account -> ledger entry id) are the re-rating entries a
-    # late version posted in the same transaction.
+    # ``adjustments`` (CBOR) is what a late version's re-rating did in the same
+    # transaction: its ledger entries, the accounts re-rated and the last reading
+    # position covered (gateway.tariff_updates.versions.store_version).
     db.execute(
         "CREATE TABLE tariff_versions (tariff TEXT NOT NULL, version INTEGER NOT NULL,"
         " effective_ms INTEGER NOT NULL, kind TEXT NOT NULL, args BLOB NOT NULL,"

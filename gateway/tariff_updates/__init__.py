@@ -166,7 +166,11 @@ def add_version(
                 engine=engine,
             )
         entries = {a: e.entry_id for a, e in rerating.entries.items()} if rerating else {}
-        store_version(db, tariff, now_ms, entries)
+        if rerating is None:
+            store_version(db, tariff, now_ms, entries)
+        else:
+            rerated, position = rerating.rerated, rerating.position
+            store_version(db, tariff, now_ms, entries, position=position, rerated=rerated)
         balances = {a: e.balance_after for a, e in rerating.entries.items()} if rerating else {}
         return Added(tariff, late, rerating, balances)
 

@@ -49,7 +49,7 @@ from gateway.protocols.batch import LedgerEntry
 from gateway.protocols.quantities import FLAG_CURVE, FLAG_TIME_UNTRUSTED, Quantity, Reading
 from gateway.store.journal import Kind, decode_row
 from gateway.store.ledger import EntryKind, post
-from gateway.tariff_updates.versions import ms_of
+from gateway.tariff_updates.versions import ms_of, rerated_upto
 
 __all__ = [
     "LatePlan",
@@ -71,6 +71,8 @@ class LateRerating:
     entries: Mapping[str, LedgerEntry]  #: account -> its adjustment entry
     skipped: Mapping[str, str] = field(default_factory=dict)  #: account -> why not re-rated
     readings: int = 0  #: readings re-rated
+    rerated: frozenset[str] = frozenset()  #: accounts re-rated (with an adjustment or not)
+    position: int = 0  #: the journal's last reading position when it was done
 
 
 def adjustment_reference(tariff: Tariff, account: str) -> str:
@@ -105,6 +107,7 @@ class LatePlan:
     position: int
     accounts: Mapping[str, _Account]
     skipped: Mapping[str, str]
+    settled: Mapping[str, int]  #: account -> last position an earlier version re-rated
 
 
 class _Skip(Exception):
@@ -165,20 +168,22 @@ def _plan(
     engine: ModuleType | None,
 ) -> LatePlan:
     meters = _on(tariff, billing)
-    position = int(db.execute("SELECT coalesce(max(id), 0) FROM readings").fetchone()[0])
+    position = _last(db)
+    settled = rerated_upto(db, tariff.id)
     windows, anchors = _windows(db, meters, ms_of(tariff.effective), position)
     accounts: dict[str, _Account] = {}
     skipped: dict[str, str] = {}
     for account, ms in _by_account(meters).items():
         window = sorted((p, r) for m in ms for p, r in windows[m])
+        done = settled.get(account, 0)
         try:
             accounts[account] = _account(
-                db, account, ms, window, anchors, meters, old, new, calendar, engine
+                db, account, ms, window, anchors, meters, old, new, calendar, engine, done
             )
         except _Skip as why:
             if window:  # nothing read since: nothing to re-rate (unless read meanwhile)
                 skipped[account] = str(why)
-    return LatePlan(tariff, position, accounts, skipped)
+    return LatePlan(tariff, position, accounts, skipped, settled)
 
 
 def finish_late(
@@ -213,6 +218,7 @@ def finish_late(
     adjustments: list[Adjustment] = []
     entries: dict[str, LedgerEntry] = {}
     skipped = dict(plan.skipped)
+    rerated: set[str] = set()
     count = 0
     for account, ms in _by_account(meters).items():
         window = sorted((p, r) for m in ms for p, r in later[m])
@@ -222,11 +228,15 @@ def finish_late(
                 skipped[account] = "read while the tariff was applied, nothing to re-rate from"
             continue
         try:
-            done = _finish(db, account, ms, window, planned, meters, old, new, calendar, engine)
+            done = _finish(
+                db, account, ms, window, planned, meters, old, new, calendar, engine,
+                plan.settled.get(account, 0),
+            )  # fmt: skip
         except _Skip as why:
             skipped[account] = str(why)
             continue
         count += planned.readings + len(window)
+        rerated.add(account)
         if done is None:
             continue
         adjustment = Adjustment(account, done[0] - done[1], done[0], done[1], reason)
@@ -241,7 +251,7 @@ def finish_late(
             tariff_version=tariff.version,
             reason=reason,
         )
-    return LateRerating(tuple(adjustments), entries, skipped, count)
+    return LateRerating(tuple(adjustments), entries, skipped, count, frozenset(rerated), _last(db))
 
 
 def _finish(
@@ -255,13 +265,13 @@ def _finish(
     new: TariffBook,
     calendar: BillingYear,
     engine: ModuleType | None,
+    settled: int,
 ) -> tuple[int, int] | None:
     """Write the account's re-rated states; (Σ re-rated, Σ posted) when they differ."""
     if any(m not in planned.old.rows for m in ms):
         raise _Skip("its meters changed while the tariff was applied")
-    posted = {(r.meter, p): _charges(db, r.meter, p) for p, r in window}
     check = _replay(planned.old.rows, planned.old.year, window, meters, old, calendar, engine)
-    _verify(db, account, ms, check, posted)
+    _verify(db, account, ms, check, settled)
     final = _replay(planned.new.rows, planned.new.year, window, meters, new, calendar, engine)
     touched = planned.touched | {r.meter for _, r in window}
     if not touched:
@@ -272,8 +282,12 @@ def _finish(
             save_state(db, meter, row.last_ts_ms, row.last_energy_wh, row.totals, row.slots)
     save_year(db, account, final.year)
     rerated = planned.rerated + sum(final.amounts.values())
-    charged = planned.posted + sum(sum(v.values()) for v in posted.values())
+    charged = planned.posted + sum(check.amounts.values())
     return None if rerated == charged else (rerated, charged)
+
+
+def _last(db: Database) -> int:
+    return int(db.execute("SELECT coalesce(max(id), 0) FROM readings").fetchone()[0])
 
 
 def _on(tariff: Tariff, billing: Mapping[str, Billing]) -> dict[str, Billing]:
@@ -357,17 +371,13 @@ def _replay(
     return out
 
 
-def _verify(
-    db: Database,
-    account: str,
-    ms: list[str],
-    check: _Replay,
-    posted: Mapping[tuple[str, int], Mapping[int, int]],
-) -> None:
-    """The old book's replay must give what the ledger and the store hold."""
-    for key, amount in check.amounts.items():
-        if amount != sum(posted[key].values()):
-            raise _Skip(f"meter {key[0]}: reading {key[1]} was charged otherwise")
+def _verify(db: Database, account: str, ms: list[str], check: _Replay, settled: int) -> None:
+    """The old book's replay must give what the store holds, and what the ledger charged
+    for each reading after ``settled`` (the charges of those before it were corrected
+    by an earlier late version: what it re-rated them to is the old book's replay)."""
+    for (meter, pos), amount in check.amounts.items():
+        if pos > settled and amount != sum(_charges(db, meter, pos).values()):
+            raise _Skip(f"meter {meter}: reading {pos} was charged otherwise")
     for m in ms:
         if check.rows[m] != load_state(db, m):
             raise _Skip(f"meter {m}: its rating state does not follow from the journal")
@@ -386,10 +396,10 @@ def _account(
     new: TariffBook,
     calendar: BillingYear,
     engine: ModuleType | None,
+    settled: int,
 ) -> _Account:
     """The account re-rated over ``window`` (or _Skip)."""
     year = load_year(db, account)
-    posted = {(r.meter, p): _charges(db, r.meter, p) for p, r in window}
     moving = {r.meter for _, r in window}
     bases: dict[str, RatingRow | None] = {}
     for m in ms:
@@ -424,10 +434,10 @@ def _account(
         start[m] = replace(base, totals=totals)
     # 3. the old book must reproduce the ledger and the stored states exactly
     check = _replay(start, start_year, window, meters, old, calendar, engine)
-    _verify(db, account, ms, check, posted)
+    _verify(db, account, ms, check, settled)
     # 4. the new book from the same start
     final = _replay(start, start_year, window, meters, new, calendar, engine)
-    charged = sum(sum(v.values()) for v in posted.values())
+    charged = sum(check.amounts.values())
     return _Account(
         check, final, sum(final.amounts.values()), charged, len(window), frozenset(moving)
     )

@@ -42,6 +42,7 @@ __all__ = [
     "book_with",
     "in_force",
     "ms_of",
+    "rerated_upto",
     "store_version",
     "stored_versions",
     "tariff_args",
@@ -128,13 +129,25 @@ class StoredVersion:
     tariff: Tariff
     received_ms: int
     adjustments: Mapping[str, int]  #: account -> ledger entry id of its adjustment
+    #: a late version: the journal's last reading position its re-rating covered (0: none)
+    position: int = 0
+    rerated: frozenset[str] = frozenset()  #: accounts re-rated (with an adjustment or not)
 
 
 def store_version(
-    db: Database, tariff: Tariff, received_ms: int, adjustments: Mapping[str, int]
+    db: Database,
+    tariff: Tariff,
+    received_ms: int,
+    adjustments: Mapping[str, int],
+    *,
+    position: int = 0,
+    rerated: Iterable[str] = (),
 ) -> None:
     """Keep ``tariff`` in the caller's transaction; StoreError (sqlite's IntegrityError
-    mapped by the writer) if its (id, version) is already kept."""
+    mapped by the writer) if its (id, version) is already kept.  The ``adjustments``
+    column holds what its re-rating did: CBOR ``{"entries": {account: entry id},
+    "position": last reading position re-rated, "rerated": [account ...]}``."""
+    done = {"entries": dict(adjustments), "position": position, "rerated": sorted(rerated)}
     db.execute(
         "INSERT INTO tariff_versions (tariff, version, effective_ms, kind, args, received_ms,"
         " adjustments) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -145,18 +158,20 @@ def store_version(
             tariff.kind,
             cbor2.dumps(tariff_args(tariff), canonical=True),
             received_ms,
-            cbor2.dumps(dict(adjustments), canonical=True),
+            cbor2.dumps(done, canonical=True),
         ),
     )
 
 
-def stored_versions(db: Database) -> list[StoredVersion]:
-    """Every kept version, in the order received; one that no longer passes the checks
-    is left out (logged)."""
+def stored_versions(db: Database, tariff_id: str | None = None) -> list[StoredVersion]:
+    """Every kept version (of ``tariff_id``), in the order received; one that no longer
+    passes the checks is left out (logged)."""
     out: list[StoredVersion] = []
+    where, params = ("WHERE tariff = ?", (tariff_id,)) if tariff_id is not None else ("", ())
     rows = db.execute(
         "SELECT tariff, version, args, received_ms, adjustments FROM tariff_versions"
-        " ORDER BY received_ms, tariff, version"
+        f" {where} ORDER BY received_ms, tariff, version",
+        params,
     ).fetchall()
     for ident, version, blob, received, adjustments in rows:
         try:
@@ -164,8 +179,23 @@ def stored_versions(db: Database) -> list[StoredVersion]:
         except (ConfigError, ValueError) as exc:
             _log.error("tariff %s v%s in the store is not valid, not used: %s", ident, version, exc)
             continue
-        done = {str(k): int(v) for k, v in cbor2.loads(bytes(adjustments)).items()}
-        out.append(StoredVersion(tariff, int(received), done))
+        done = cbor2.loads(bytes(adjustments))
+        entries = {str(k): int(v) for k, v in done.get("entries", {}).items()}
+        rerated = frozenset(str(a) for a in done.get("rerated", ()))
+        out.append(
+            StoredVersion(tariff, int(received), entries, int(done.get("position", 0)), rerated)
+        )
+    return out
+
+
+def rerated_upto(db: Database, tariff_id: str) -> dict[str, int]:
+    """Per account re-rated by an earlier late version of ``tariff_id``: the last reading
+    position that re-rating covered (its charges were corrected by it)."""
+    out: dict[str, int] = {}
+    for v in stored_versions(db, tariff_id):
+        if v.position:
+            for account in v.rerated:
+                out[account] = max(out.get(account, 0), v.position)
     return out
 
 
