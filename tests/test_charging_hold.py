@@ -76,7 +76,7 @@ def test_a_swapped_meter_is_held_until_confirmed(tmp_path: Path) -> None:
             before = truth("sw")
             sim.control("sw", "swap", {"meter_number": "990000000001", "energy_import_wh": 1_000})
             wait_for(lambda: "sw" not in charger.billing, 10, "the swapped meter held")
-            assert charger.meters_of("A") == ("ok",)
+            assert charger.meters_of("A") == ("ok",) and charger.status()["held"] == ["sw"]
             assert poller.status()["swapped"] == ["sw"]
             step(900)  # the held stretch: 900 Wh on sw, journaled, not charged
             step(900)
@@ -99,6 +99,7 @@ def test_a_swapped_meter_is_held_until_confirmed(tmp_path: Path) -> None:
                 )
             ).result(10)  # fmt: skip
             assert rec.status == "active" and "sw" in charger.billing
+            assert charger.status()["held"] == []
             poller.confirm("sw")
             assert poller.status()["swapped"] == []
             step(300)

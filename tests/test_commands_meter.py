@@ -129,6 +129,7 @@ def test_meter_and_account_changes_by_signed_commands(
                 "reason": "new tenant, shop 12"})  # fmt: skip
             assert (opened.status, opened.reason) == (ReplyStatus.OK, ReasonCode.NONE), opened
             assert opened.result["trip_on_arrears"] is True and opened.result["balance"] == 0
+            assert c.trips_on_arrears("B") and not c.trips_on_arrears("A")
             funded = do(rt, CommandKind.TOP_UP, {"account": "B", "amount": 100 * YUAN,
                                                  "top_up_id": "B-1"})  # fmt: skip
             assert funded.status == ReplyStatus.OK

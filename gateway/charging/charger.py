@@ -132,6 +132,7 @@ class Charger:
         self.default_thresholds = Thresholds.from_config(config.billing.thresholds)
         self.tracker = StateTracker(self.default_thresholds)
         self.billing: dict[str, Billing] = {}
+        self.held: tuple[str, ...] = ()  #: meters held (number changed), by id
         self._meters_of: dict[str, tuple[str, ...]] = {}
         self._account_of: dict[str, str] = {}
         # the meters' and accounts' rating state: the fast path's arrays (gateway.charging.fast)
@@ -207,6 +208,7 @@ class Charger:
                 return
             self._rating.forget(event.meter)
             self._account_of.pop(event.meter, None)
+            self.held = tuple(sorted({*self.held, event.meter}))
             left = tuple(m for m in self._meters_of.get(billing.account, ()) if m != event.meter)
             self._meters_of[billing.account] = left
             why = f"meter number {event.detail.get('old')} -> {event.detail.get('new')}"
@@ -650,6 +652,7 @@ class Charger:
                 acc.opened if acc is not None else None,
             )
         self.billing = billing
+        self.held = tuple(sorted(m for m, r in snap.records.items() if r.status == "held"))
         self._meters_of = {a: tuple(sorted(ms)) for a, ms in meters_of.items()}
         self._account_of = account_of
         rating = Rating(self.book, self.calendar, engine=self.engine)
@@ -693,6 +696,12 @@ class Charger:
         vacancy tariff is set); None when it is not charged to any."""
         return self._account_of.get(meter)
 
+    def trips_on_arrears(self, account: str) -> bool:
+        """Whether ``account`` is prepaid and trips on arrears, as in force (the
+        configuration's, or as changed by command: ACCOUNT_CHANGE)."""
+        cached = self._accounts.get(account)
+        return cached is not None and cached.type == "prepaid" and cached.trip_on_arrears
+
     def thresholds(self, account: str) -> Thresholds:
         cached = self._accounts.get(account)
         return (cached.thresholds if cached else None) or self.default_thresholds
@@ -720,6 +729,7 @@ class Charger:
             "reloads": self.reloads,
             "state_changes": self.changes,
             "states": by_state,
+            "held": list(self.held),
         }
 
     # kept for callers that queue one reading's transaction themselves
