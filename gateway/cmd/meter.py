@@ -167,18 +167,20 @@ def _plain(result: Any) -> Any:
 
 def _act(args: argparse.Namespace, config: Any, store: Any) -> Any:
     from gateway import lifecycle
-    from gateway.billing import BillingYear, TariffBook
+    from gateway.billing import BillingYear
     from gateway.errors import LifecycleRefused
     from gateway.lifecycle.accounts import accounts_in_force
     from gateway.protocols.quantities import Quantity, Reading
     from gateway.store.meters import MeterRecord, meter_records, record_of
+    from gateway.tariff_updates import load_book
 
     action = args.meter_command
     if action == "list":
         return store.writer.call(meter_records).result(60)
     meter = args.meter
     ts_ms = _at(getattr(args, "at", None))
-    book, calendar = TariffBook.from_config(config), BillingYear.from_config(config)
+    # the configuration's tariff versions and those the master sent (gateway.tariff_updates)
+    book, calendar = load_book(store.writer, config), BillingYear.from_config(config)
     # the accounts in force: the configuration's with those changed by command applied
     accounts = store.writer.call(lambda db: accounts_in_force(db, config)).result(60)
     record = store.writer.call(lambda db: record_of(db, meter)).result(60)
