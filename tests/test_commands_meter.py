@@ -259,3 +259,17 @@ def test_a_swapped_meter_is_confirmed_and_its_ct_changed_by_command(
         reply = send(broker, command(rt, master_key, CommandKind.METER_CHANGE, confirm))
         assert reply.status == ReplyStatus.OK, reply
         assert reply.result["held"] is False and poller.status()["swapped"] == []
+        # dl1 replaced by dl2 (configured, no tenant until now): dl2 charged to A from its
+        # initial register, dl1 no more
+        polled(rt, clock, 10)
+        old_final, new_start = register(sim, "dl1") * 10, register(sim, "dl2")
+        replaced = send(broker, command(rt, master_key, CommandKind.METER_CHANGE, {
+            "op": "replace", "meter": "dl1", "new": "dl2", "final_wh": old_final,
+            "initial_wh": new_start, "new_ratio": 1, "reason": "meter replaced"}))  # fmt: skip
+        assert replaced.status == ReplyStatus.OK and replaced.text == "", replaced
+        assert (replaced.result["old"], replaced.result["new"]) == ("dl1", "dl2")
+        assert c.meters_of("A") == ("dl2",) and c.billing["dl2"].ratio == 1
+        before = c.balance("A")
+        polled(rt, clock, 500)  # dl2: 3600 W
+        used = register(sim, "dl2") - new_start  # whole 10 Wh: 85 each, no rounding
+        assert used >= 490 and c.balance("A") == before - (2 * used * PRICE + 1000) // 2000

@@ -303,8 +303,15 @@ def meter_change(rt: Runtime, cmd: Command) -> CommandReply:
     if result is None:
         return _ok(cmd, f"{op} {meter} was already done by this command", {"op": op})
     out = {"op": op, **_plain(result)}
+    text = ""
+    new_id = str(cmd.args.get("new"))
+    if op == "replace" and new_id not in {m.id for m in rt.config.meters}:
+        text = (
+            f"meter {new_id} is not in this gateway's configuration: it is polled and"
+            " charged once the configuration lists it"
+        )
     _log.info("commands: meter-change %s %s done", op, meter)
-    return _ok(cmd, "", out)
+    return _ok(cmd, text, out)
 
 
 # -- ACCOUNT_CHANGE ------------------------------------------------------------------------
