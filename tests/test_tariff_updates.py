@@ -18,6 +18,7 @@ from sqlite_utils import Database
 
 from gateway.billing import Running
 from gateway.charging import Charger, load_state
+from gateway.clock import ManualClock
 from gateway.config import GatewayConfig, parse_config
 from gateway.config.model import FlatTariff, TieredTariff, TouTariff
 from gateway.errors import ConfigError
@@ -44,6 +45,7 @@ from gateway.tariff_updates import (
     tariff_args,
     tariff_from_args,
 )
+from gateway.tasks.settlement import SettlementTask
 
 SH = ZoneInfo("Asia/Shanghai")
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=SH)  # the gateway's clock in these tests
@@ -475,3 +477,21 @@ def test_a_second_late_version_rerates_what_the_first_corrected(bench: Bench) ->
     assert bench.balances() == {"A": FUND - 38_445 - 1_500, "B": FUND - 22_500 - 250, "vacancy": 0}
     assert bench.db(check_balances) == []
     assert in_force(bench.charger.book, ["flat"], NOW)["flat"]["version"] == 3  # type: ignore[index]
+
+
+def test_the_settlement_snapshot_names_the_version_sent_by_command(bench: Bench) -> None:
+    consume(bench)
+    add_version(bench.charger, tariff_from_args(V2), NOW_MS).result(30)
+    # the calendar's settlement task asks the charger for its book (attach does so)
+    clock = ManualClock(datetime(2026, 12, 1, 0, 5, tzinfo=SH), "Asia/Shanghai")
+    task = SettlementTask(
+        clock, bench.store.writer, bench.config, books=lambda: bench.charger.book, delay_s=60
+    )
+    task.tick()
+    rows = bench.db(
+        lambda db: db.execute(
+            "SELECT account, tariff, tariff_version FROM settlements"
+            " WHERE kind = 'monthly' AND period = '2026-12' ORDER BY account"
+        ).fetchall()
+    )
+    assert [tuple(r) for r in rows if r[0] in ("A", "B")] == [("A", "flat", 2), ("B", "flat", 2)]

@@ -101,7 +101,9 @@ def attach(
     sync = TimeSync(runtime.clock, meters, runtime.bus_for, writer, timesync)
     runtime.add_status("tasks", runner.status)
     runtime.add_status("timesync", sync.status)
-    settlement = SettlementTask(runtime.clock, writer, runtime.config)
+    charger = getattr(runtime, "charger", None)  # its book: with the versions sent by command
+    books = (lambda: charger.book) if charger is not None else None
+    settlement = SettlementTask(runtime.clock, writer, runtime.config, books=books)
     runtime.add_status("settlement", settlement.status)
     vacancy = VacancyTask(runtime.clock, writer, runtime.config)
     runtime.add_status("vacancy", vacancy.status)

@@ -16,6 +16,7 @@ the latest month is taken, not every month missed.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import date, datetime, timedelta
 
 from gateway.billing import TariffBook
@@ -45,6 +46,7 @@ class SettlementTask:
         config: GatewayConfig,
         book: TariffBook | None = None,
         *,
+        books: Callable[[], TariffBook] | None = None,
         delay_s: float = 60.0,
         timeout: float = 120.0,
     ) -> None:
@@ -52,6 +54,7 @@ class SettlementTask:
         self.writer = writer
         self.config = config
         self.book = book or TariffBook.from_config(config)
+        self.books = books  #: the book in force now (the charger's, with commanded versions)
         self.delay = timedelta(seconds=delay_s)
         self.timeout = timeout
         self.done: set[tuple[str, str]] = set()  #: (kind, period) taken (or found) already
@@ -105,7 +108,7 @@ class SettlementTask:
         return yearly_moment(self.config, when).date().isoformat()
 
     def _take(self, kind: str, when: date | int, ts_ms: int) -> list[Snapshot] | None:
-        config, book = self.config, self.book
+        config, book = self.config, self.books() if self.books is not None else self.book
         try:
             if kind == "monthly":
                 assert isinstance(when, date)
