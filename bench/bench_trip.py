@@ -22,8 +22,9 @@ log carries no frame bytes):
   last reply of that meter's poll before the trip: the reading, and so its charge, exists
   only once its poll is complete) to the start of the trip frame;
 - **latency from the energy reply**: the same from the end of the reply that carried the
-  energy register (the first transaction of a DL/T 645 poll, which reads 7 DIs; on
-  Modbus one block read carries the whole poll, so both figures are the same);
+  energy register (the largest reply of a DL/T 645 poll: 0001FF00, total and tariffs 1-4;
+  the driver reads it last, so both figures are the same unless the poll order changes;
+  on Modbus one block read carries the whole poll);
 - **polls between**: poll transactions on the bus between the exhausting poll and the
   trip (0: the trip did not wait behind the poll queue); **read-backs between**: relay
   read-backs of other meters queued before it (relay jobs are first come, first served).
@@ -176,7 +177,8 @@ def trips(
             {
                 "meter": address,
                 "latency_s": req["start"] - last["end"],
-                "from_energy_s": req["start"] - pairs[first][1]["end"],
+                "from_energy_s": req["start"]
+                - max(pairs[first : j + 1], key=lambda p: int(p[1]["nbytes"]))[1]["end"],
                 "polls_between": len(between) - readbacks,
                 "readbacks_between": readbacks,
             }

@@ -70,12 +70,15 @@ class Transaction:
     ``new_reader`` is None for a request nobody answers (broadcast).  ``max_reply``
     bounds the reply's size (it bounds the time a reply may take).  ``key`` says what
     the transaction is for (a DI, a planned read) for :meth:`MeterDriver.finish`.
+    ``stamps``: the job's values are of the moment this request is sent (the energy
+    read); without one, of the moment the job starts.
     """
 
     request: bytes
     new_reader: Callable[[], Reader] | None
     max_reply: int = 256
     key: object = None
+    stamps: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,9 +207,11 @@ class MeterDriver(ABC):
         if retries is None:
             retries = 0 if self.flagged else self.retries
         tries = 1 + retries
-        ts_ms = now_ms()  # the values are of the moment the job starts (energy is read first)
+        ts_ms = now_ms()  # the values are of the moment the job starts, or of its stamp
         replies: list[tuple[Transaction, object]] = []
         for t in transactions:
+            if t.stamps:
+                ts_ms = now_ms()
             reply: object = None
             failure: Exception | None = None
             for attempt in range(tries):

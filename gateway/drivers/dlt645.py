@@ -43,6 +43,7 @@ from gateway.protocols.modbus import ratio_factor
 from gateway.protocols.quantities import Quantity, Reading
 
 __all__ = [
+    "ENERGY_DI",
     "METER_NUMBER_DI",
     "POLL_DIS",
     "RELAY_STATE_DI",
@@ -55,16 +56,22 @@ __all__ = [
     "relay_readback",
 ]
 
+ENERGY_DI = 0x0001FF00
+"""Forward active energy, total and tariffs 1-4: what billing needs."""
+
 POLL_DIS: tuple[int, ...] = (
-    0x0001FF00,  # forward active energy: total and tariffs 1-4
     0x00020000,  # reverse active energy total
     0x0201FF00,  # voltages A, B, C
     0x0202FF00,  # currents A, B, C
     0x02030000,  # total active power
     0x02060000,  # total power factor
     0x02800002,  # frequency
+    ENERGY_DI,  # forward active energy: total and tariffs 1-4
 )
-"""DIs of a periodic poll, in order (energy first: it is what billing needs)."""
+"""DIs of a periodic poll, in order.  Forward energy is read last and the reading is of
+the moment it was asked: the reply that may exhaust a balance ends the poll, so a trip
+(:data:`~gateway.drivers.jobs.Priority.RELAY`) follows it on the wire after one silent
+gap instead of after the rest of the poll."""
 
 METER_NUMBER_DI = 0x04000402
 """Meter number (nameplate), checked at start and daily."""
@@ -149,7 +156,11 @@ class Dlt645Driver(MeterDriver):
             self._requests[di] = request
         address = self.address
         return Transaction(
-            request, lambda: Dlt645Reader(address, 0x11, di), max_reply=_MAX_FRAME, key=di
+            request,
+            lambda: Dlt645Reader(address, 0x11, di),
+            max_reply=_MAX_FRAME,
+            key=di,
+            stamps=di == ENERGY_DI,
         )
 
     def plan(self, job: Job) -> Sequence[Transaction]:
