@@ -164,6 +164,13 @@ def test_meter_and_account_changes_by_signed_commands(
             assert (other.status, other.reason) == (ReplyStatus.REFUSED, ReasonCode.POLICY)
             assert "removed" in other.text
             assert ledger(rt) == (after, entries1)
+            # carried out but its record lost (the gateway stopped in between): sent again,
+            # it is found done by its lifecycle reference, and nothing changes
+            with sqlite3.connect(rt.store_path, timeout=10) as conn:
+                conn.execute("DELETE FROM commands WHERE id = ?", (removal.command_id,))
+            lost = send(broker, removal)
+            assert lost.status == ReplyStatus.OK and "already done" in lost.text, lost
+            assert ledger(rt) == (after, entries1)
             polled(rt, clock, 600)  # dl2 goes on drawing: journaled, charged to no one
             assert ledger(rt) == (after, entries1) and c.account_of("dl2") is None
             # -- closing: refused while a meter is on the account, else refunded to 0 -------

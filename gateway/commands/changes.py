@@ -62,7 +62,6 @@ _log = logging.getLogger("gateway.commands")
 METER_OPS = ("add", "remove", "replace", "ct", "dead", "confirm")
 ACCOUNT_OPS = ("open", "change", "close")
 _TIMEOUT = 120.0
-_DONE = "was already done"
 
 
 def _bad(text: str) -> CommandRefused:
@@ -109,16 +108,21 @@ def _unavailable(cmd: Command) -> CommandReply:
 
 
 def _run(rt: Runtime, cmd: Command, what: str, fn: Callable[[Database], Any]) -> Any:
-    """``fn`` through the charger; LifecycleRefused -> POLICY (BAD_ARGUMENTS for bad
-    values); None when the reference was done before (a resent command)."""
+    """``fn`` through the charger; LifecycleRefused -> POLICY with its reason; None when
+    this command's reference was done before (carried out, but its record lost: the
+    gateway stopped in between)."""
     assert rt.charger is not None
-    try:
-        return rt.charger.apply(fn).result(_TIMEOUT)
-    except LifecycleRefused as exc:
-        text = str(exc)
-        if text.endswith(_DONE) and f"cmd:{cmd.command_id.hex()}" in text:
+    ref = f"cmd:{cmd.command_id.hex()}"
+
+    def once(db: Database) -> Any:
+        if db.execute("SELECT 1 FROM lifecycle_ops WHERE reference = ?", (ref,)).fetchone():
             return None
-        raise CommandRefused(ReasonCode.POLICY.name, f"{what}: {text}") from exc
+        return fn(db)
+
+    try:
+        return rt.charger.apply(once).result(_TIMEOUT)
+    except LifecycleRefused as exc:
+        raise CommandRefused(ReasonCode.POLICY.name, f"{what}: {exc}") from exc
     except FutureTimeout:
         raise CommandRefused(
             ReasonCode.INTERNAL.name, f"{what}: the store did not answer in {_TIMEOUT:.0f} s"
