@@ -21,7 +21,7 @@ from gateway.charging import Charger, load_state
 from gateway.clock import ManualClock
 from gateway.config import GatewayConfig, parse_config
 from gateway.config.model import FlatTariff, TieredTariff, TouTariff
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, StoreError
 from gateway.protocols.quantities import FLAG_CURVE, Quantity, Reading
 from gateway.store import Store
 from gateway.store.db import connect
@@ -286,7 +286,7 @@ def test_the_same_version_twice_changes_nothing_and_a_restart_keeps_it(
     v3_early = tariff_from_args({**V2, "version": 3, "effective": NOW_MS - 3 * H})
     assert "must take effect after" in (newer_refusal(bench.charger, v3_early) or "")
     # the store refuses a second row for (flat, 2) in any case: nothing posted
-    with pytest.raises(Exception, match="UNIQUE"):
+    with pytest.raises(StoreError, match="tariff flat v2 is already kept"):
         add_version(bench.charger, v2, NOW_MS).result(30)
     assert bench.balances() == after
     assert bench.charger.book.at("flat", NOW).version == 2  # the book stayed

@@ -47,6 +47,7 @@ from gateway.tariff_updates.versions import (
     book_with,
     in_force,
     ms_of,
+    refuse_kept,
     store_version,
     stored_versions,
     tariff_args,
@@ -150,6 +151,7 @@ def add_version(
             )
 
     def run(db: Database) -> Added:
+        refuse_kept(db, tariff)  # before any work
         rerating = None
         if late:
             billing = charger.billing  # the charger's thread holds its lock: no reload now

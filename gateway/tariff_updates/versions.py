@@ -33,7 +33,7 @@ from sqlite_utils import Database
 from gateway.billing import TariffBook
 from gateway.config.model import FlatTariff, GatewayConfig, Tariff, TieredTariff, TouTariff
 from gateway.config.sections import read_tariff
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, StoreError
 from gateway.protocols.command import ArgValue
 from gateway.yamlloc import Reader
 
@@ -42,6 +42,7 @@ __all__ = [
     "book_with",
     "in_force",
     "ms_of",
+    "refuse_kept",
     "rerated_upto",
     "store_version",
     "stored_versions",
@@ -134,6 +135,16 @@ class StoredVersion:
     rerated: frozenset[str] = frozenset()  #: accounts re-rated (with an adjustment or not)
 
 
+def refuse_kept(db: Database, tariff: Tariff) -> None:
+    """StoreError if (``tariff.id``, ``tariff.version``) is kept already."""
+    kept = db.execute(
+        "SELECT 1 FROM tariff_versions WHERE tariff = ? AND version = ?",
+        (tariff.id, tariff.version),
+    ).fetchone()
+    if kept is not None:
+        raise StoreError(f"tariff {tariff.id} v{tariff.version} is already kept")
+
+
 def store_version(
     db: Database,
     tariff: Tariff,
@@ -143,11 +154,12 @@ def store_version(
     position: int = 0,
     rerated: Iterable[str] = (),
 ) -> None:
-    """Keep ``tariff`` in the caller's transaction; StoreError (sqlite's IntegrityError
-    mapped by the writer) if its (id, version) is already kept.  The ``adjustments``
+    """Keep ``tariff`` in the caller's transaction; StoreError if its (id, version) is
+    already kept (the caller's transaction rolls back: nothing posted).  The ``adjustments``
     column holds what its re-rating did: CBOR ``{"entries": {account: entry id},
     "position": last reading position re-rated, "rerated": [account ...]}``."""
     done = {"entries": dict(adjustments), "position": position, "rerated": sorted(rerated)}
+    refuse_kept(db, tariff)
     db.execute(
         "INSERT INTO tariff_versions (tariff, version, effective_ms, kind, args, received_ms,"
         " adjustments) VALUES (?, ?, ?, ?, ?, ?, ?)",
