@@ -20,8 +20,10 @@ Registers are given as the meter's display shows them (kWh, up to 3 decimals); t
 command multiplies them by the meter's ratio (CT x PT: the store's record, else the
 configuration's).  Each action is one durable transaction (:mod:`gateway.lifecycle`).
 Run it with the gateway stopped (or tell the running one to reload): a running gateway
-keeps its own cache of balances.  After a replacement or CT change, update the
-configuration (the new meter, the new ``ct_ratio``) before starting the gateway again.
+keeps its own cache of balances; for a running gateway the master sends the same
+operations as the signed METER_CHANGE command (:mod:`gateway.commands.changes`).  After
+a replacement or CT change, update the configuration (the new meter, the new
+``ct_ratio``) before starting the gateway again.
 Exit status 2 when the action is refused (nothing is written).
 """
 
