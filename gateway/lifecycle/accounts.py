@@ -4,7 +4,8 @@ migration 10), so a restart keeps them; the configuration is the starting point.
 
 - :func:`open_account`: a new account (or a closed one opened again) with its type,
   tariff, trip-on-arrears flag and opening day (tier proration); balance 0.
-- :func:`change_account`: another tariff, type or trip flag, from now on.
+- :func:`change_account`: another tariff, type or trip flag, from now on: the next
+  interval of each of its meters (from its last reading) is rated the new way.
 - :func:`close_account`: its meters must have been removed first; a positive balance is
   paid back by a REFUND entry that brings it to 0; arrears are refused (settle them
   first: a closed account cannot be topped up by the tenant any more).
