@@ -1,7 +1,8 @@
 """Polling at the line's limit: bus efficiency, useful values per second of bus time,
 gateway CPU time per data point, peak RSS and bytes written to disk.
 
-Run: ``.venv/bin/python bench/bench_poll.py [--seconds S] [--meters N]``.
+Run: ``.venv/bin/python bench/bench_poll.py [--seconds S] [--meters N]``;
+``--charging --fastpath both`` for Step 8's figure (below).
 
 The simulator runs as a separate process (``gateway sim`` with a control socket) so
 its CPU is not counted; this process is the gateway (:class:`gateway.runtime.Runtime`
@@ -31,6 +32,19 @@ Figures, all ratios measured in one run:
   window, per reading and per hour: at the polling rate of the run, and at the default
   interval (15 s) for the same 4 x N meters.
 
+With ``--charging`` every meter has its own prepaid account (tariffs: flat, time of use
+and tiered in turn), funded before the start so nobody trips, and the gateway charges
+each reading (:class:`gateway.charging.Charger` on the fast path); the window starts
+once every meter has given three readings (a baseline, then the account's first rating,
+which learns its yearly reset and prorated tiers in Python: start-up work, not the
+steady state).  The figure is then the gateway's **CPU per 1,000 readings**
+(user+system over the window / readings x 1000), and of it the **rating's**: the thread
+CPU time of the Charger's per-reading step (``Charger._rate``: the rating, the balance,
+the prepaid state), which the rest of the load does not blur.  ``--fastpath both`` runs
+the whole bench twice, each in its own gateway process (``GATEWAY_FASTPATH=compiled``,
+then ``pure``: the compiled kernel, then its twin), prints each run's JSON and then
+both CPU figures with their ratio (pure / compiled).
+
 The last line printed is JSON.
 """
 
@@ -39,6 +53,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import platform
 import resource
 import signal
@@ -48,9 +63,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 from typing import Any
 
+from gateway import fastpath
 from gateway.clock import SystemClock
 from gateway.config import parse_config
 from gateway.drivers.bus import Bus
@@ -60,6 +77,8 @@ from gateway.poller import PollSettings
 from gateway.protocols.linetiming import LineSettings
 from gateway.protocols.quantities import Reading
 from gateway.runtime import Runtime
+from gateway.store import Store
+from gateway.store.ledger import EntryKind, Ledger, TopUp
 
 __all__ = ["main"]
 
@@ -112,7 +131,23 @@ def sim_yaml(link_dir: str, n: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def gateway_yaml(link_dir: str, n: int, store: str) -> str:
+TARIFFS = """
+tariffs:
+  - {id: flat, version: 1, effective: "2024-01-01T00:00:00+08:00", kind: flat, price: 6793}
+  - id: tou
+    version: 1
+    effective: "2024-01-01T00:00:00+08:00"
+    kind: tou
+    slots: [{start: "00:00", slot: 4}, {start: "08:00", slot: 2}, {start: "11:00", slot: 1},
+            {start: "13:00", slot: 3}, {start: "22:00", slot: 4}]
+    prices: {1: 13587, 2: 10191, 3: 6793, 4: 2979}
+  - {id: tiers, version: 1, effective: "2024-01-01T00:00:00+08:00", kind: tiered,
+     thresholds: [2160000, 4200000], prices: [5283, 5783, 8283]}
+"""
+FUND = 10**10  # 1,000,000 yuan per account: nobody trips during the run
+
+
+def gateway_yaml(link_dir: str, n: int, store: str, charging: bool = False) -> str:
     lines = ["gateway_id: bench", "serial_buses:"]
     for name, protocol, baud, _ in BUSES:
         lines.append(
@@ -127,9 +162,65 @@ def gateway_yaml(link_dir: str, n: int, store: str) -> str:
                 if protocol == "modbus"
                 else f"address: '{m['address']}'"
             )
-            lines.append(f"  - {{id: {m['id']}, bus: {name}, {where}}}")
+            account = f", account: a-{m['id']}" if charging else ""
+            lines.append(f"  - {{id: {m['id']}, bus: {name}, {where}{account}}}")
     lines += ["uplink: {host: localhost}", f"store: {{path: '{store}'}}"]
-    return "\n".join(lines) + "\n"
+    if charging:
+        lines.append("accounts:")
+        for name, protocol, _, _ in BUSES:
+            for i, m in enumerate(_meters(name, protocol, n)):
+                tariff = ("flat", "tou", "tiers")[i % 3]
+                trip = "true" if protocol == "dlt645" else "false"  # Modbus: no relay
+                lines.append(
+                    f"  - {{id: a-{m['id']}, type: prepaid, tariff: {tariff},"
+                    f" trip_on_arrears: {trip}}}"
+                )
+    return "\n".join(lines) + "\n" + (TARIFFS if charging else "")
+
+
+def fund(config: Any, store_path: Path) -> None:
+    """Every account funded (FUND) before the gateway starts."""
+    store = Store.open(store_path, gateway_id=config.gateway_id)
+    try:
+        ledger = Ledger(store)
+        ledger.sync_accounts(config.accounts, opened_day=date(2024, 1, 1), opened_ms=0).result(60)
+        for account in config.accounts:
+            top_up = TopUp(f"fund-{account.id}", account.id, EntryKind.TOP_UP, FUND, 0)
+            assert ledger.top_up(top_up).result(60).applied
+    finally:
+        store.close()
+
+
+def compare(args: argparse.Namespace) -> int:
+    """Run the charging bench once per build, each in its own process; both figures."""
+    runs: dict[str, dict[str, Any]] = {}
+    for kind in ("compiled", "pure"):
+        cmd = [sys.executable, __file__, "--charging", "--fastpath", kind]
+        cmd += ["--seconds", str(args.seconds), "--meters", str(args.meters)]
+        cmd += ["--baseline-seconds", "0"]
+        env = dict(os.environ, GATEWAY_FASTPATH=kind)
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+        runs[kind] = json.loads(out.strip().splitlines()[-1])
+        print(json.dumps(runs[kind]), flush=True)
+        if runs[kind]["fastpath"] != kind:
+            raise SystemExit(f"{kind} run used the {runs[kind]['fastpath']} fast path")
+    c, p = (runs[k]["cpu_ms_per_1000_readings"] for k in ("compiled", "pure"))
+    rc, rp = (runs[k]["rating_cpu_ms_per_1000_readings"] for k in ("compiled", "pure"))
+    print(
+        json.dumps(
+            {
+                "bench": "poll_fastpath",
+                "meters": 4 * args.meters,
+                "seconds": args.seconds,
+                "readings": {k: r["readings"] for k, r in runs.items()},
+                "cpu_ms_per_1000_readings": {"compiled": c, "pure": p},
+                "ratio_pure_over_compiled": round(p / c, 3) if c else None,
+                "rating_cpu_ms_per_1000_readings": {"compiled": rc, "pure": rp},
+                "rating_ratio_pure_over_compiled": round(rp / rc, 2) if rc else None,
+            }
+        )
+    )
+    return 0
 
 
 def control(path: Path, request: dict[str, Any]) -> Any:
@@ -243,6 +334,7 @@ class Counting:
         self.readings = 0
         self.values = 0
         self.by_bus: dict[str, int] = {}
+        self.by_meter: dict[str, int] = {}
 
     def submit(self, record: object) -> None:
         if isinstance(record, Reading):
@@ -250,7 +342,32 @@ class Counting:
             self.values += len(record.values)
             bus = record.meter.rsplit("-", 1)[0]
             self.by_bus[bus] = self.by_bus.get(bus, 0) + len(record.values)
+            self.by_meter[record.meter] = self.by_meter.get(record.meter, 0) + 1
         self.inner.submit(record)
+
+
+class RatingClock:
+    """Wraps the Charger's per-reading rating (``_rate``, under its lock: rating, balance,
+    prepaid state): the thread CPU time it takes, a figure the rest of the gateway's
+    load does not blur."""
+
+    def __init__(self, charger: Any) -> None:
+        self.ns = 0
+        self.calls = 0
+        inner = charger._rate
+
+        def timed(*args: Any) -> Any:
+            t = time.thread_time_ns()
+            try:
+                return inner(*args)
+            finally:
+                self.ns += time.thread_time_ns() - t
+                self.calls += 1
+
+        charger._rate = timed
+
+    def snapshot(self) -> tuple[int, int]:
+        return self.ns, self.calls
 
 
 def one_request_per_value(rt_config: Any, sock: Path, seconds: float) -> dict[str, float]:
@@ -295,33 +412,65 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=40.0, help="measuring window (40)")
     parser.add_argument("--meters", type=int, default=32, help="meters per bus (32)")
     parser.add_argument("--baseline-seconds", type=float, default=15.0, help="one-per-value phase")
+    parser.add_argument(
+        "--charging", action="store_true", help="every meter charged to a funded prepaid account"
+    )
+    parser.add_argument(
+        "--fastpath",
+        choices=("auto", "both", "compiled", "pure"),
+        default="auto",
+        help="both: --charging once per build, in two processes, and the ratio",
+    )
     args = parser.parse_args(argv)
+    if args.fastpath == "both":
+        return compare(args)
+    if args.fastpath != "auto" and args.fastpath != fastpath.IMPLEMENTATION:
+        loaded = fastpath.IMPLEMENTATION
+        raise SystemExit(f"{args.fastpath} asked, {loaded} loaded: set GATEWAY_FASTPATH")
     n = args.meters
     with tempfile.TemporaryDirectory(prefix="bench-poll-") as tmpdir:
         tmp = Path(tmpdir)
         with simulator(tmp, n) as sock:
             store = tmp / "gw.db"
-            config = parse_config(gateway_yaml(str(tmp), n, str(store)), "bench.yaml")
+            yaml = gateway_yaml(str(tmp), n, str(store), args.charging)
+            config = parse_config(yaml, "bench.yaml")
+            if args.charging:
+                fund(config, store)
             rt = Runtime(
-                config, store_path=store, settings=PollSettings(interval=0), status_socket=None
+                config,
+                store_path=store,
+                settings=PollSettings(interval=0),
+                status_socket=None,
+                charging=args.charging,
             )
             rt.start()
             assert rt.writer is not None
-            counting = Counting(rt.writer)
+            counting = Counting(rt.charger if rt.charger is not None else rt.writer)
+            rating = RatingClock(rt.charger) if rt.charger is not None else None
             for poller in rt.pollers.values():
                 poller.journal = counting  # type: ignore[assignment]
             try:
                 time.sleep(3.0)  # warm up: ports open, number checks made, first polls
+                if args.charging:  # and every meter rated once (the first is a baseline;
+                    # the first rating of an account learns its yearly reset in Python)
+                    deadline = time.monotonic() + 120
+                    while time.monotonic() < deadline and (
+                        len(counting.by_meter) < 4 * n or min(counting.by_meter.values()) < 3
+                    ):
+                        time.sleep(0.2)
                 since = {name: log_since(sock, name, 0)[1] for name, *_ in BUSES}
                 v0, r0, c0, w0 = counting.values, counting.readings, cpu(), write_bytes()
+                k0 = rating.snapshot() if rating is not None else (0, 0)
                 b0 = dict(counting.by_bus)
                 t0 = time.monotonic()
                 time.sleep(args.seconds)
                 v1, r1, c1, w1 = counting.values, counting.readings, cpu(), write_bytes()
+                k1 = rating.snapshot() if rating is not None else (0, 0)
                 b1 = dict(counting.by_bus)
                 mem = memory_kb()  # the gateway's peak, before this bench reads the logs
                 t1 = time.monotonic()
                 own = {name: rt.buses[name].status() for name, *_ in BUSES}
+                charged = rt.charger.status() if rt.charger is not None else None
             finally:
                 rt.stop()
             size = sum(p.stat().st_size for p in tmp.glob("gw.db*"))
@@ -340,7 +489,11 @@ def main(argv: list[str] | None = None) -> int:
                     "line_seconds": round(busy, 3),
                     "values": b1.get(name, 0) - b0.get(name, 0),
                 }
-            baseline = one_request_per_value(config, sock, args.baseline_seconds)
+            baseline = (
+                one_request_per_value(config, sock, args.baseline_seconds)
+                if args.baseline_seconds > 0
+                else {}
+            )
     points = v1 - v0
     readings = r1 - r0
     cpu_per_point_ms = (c1 - c0) * 1000 / points if points else float("nan")
@@ -363,6 +516,13 @@ def main(argv: list[str] | None = None) -> int:
         "points": points,
         "readings": readings,
         "cpu_ms_per_point": round(cpu_per_point_ms, 4),
+        "cpu_ms_per_1000_readings": round((c1 - c0) * 1e6 / readings, 2) if readings else None,
+        "charging": args.charging,
+        "rating_cpu_ms_per_1000_readings": round((k1[0] - k0[0]) / 1e3 / (k1[1] - k0[1]), 2)
+        if k1[1] > k0[1]
+        else None,
+        "fastpath": fastpath.IMPLEMENTATION,
+        "charger": charged,
         "peak_rss_mb": round(rss_mb, 1),
         "rss_mb_at_end": round(mem["VmRSS"] / 1024, 1),
         "disk_write_bytes": written,

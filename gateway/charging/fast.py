@@ -298,6 +298,7 @@ class BatchRater:
         self._opened: list[date | None] = []
         self._extra: dict[int, dict[SegmentKey, Running]] = {}  # keys outside the tables
         self._spare = L.Out(SMALL, 4 * SMALL + L.MAX_PARTS)
+        self._one = L.Batch(1)  # rate_one's arrays, reused
         self.fallbacks: Counter[str] = Counter()  #: readings rated in Python, by reason
         self.rated = 0  #: readings the kernel did
 
@@ -583,6 +584,23 @@ class BatchRater:
         batch.r_energy = array("q", energies)
         batch.r_reg = array("q", registers)
         return self.rate_arrays(batch)
+
+    def rate_one(self, reading: Reading) -> Outcome:
+        """Rate one reading (a batch of one in arrays kept for it): its outcome."""
+        batch = self._one
+        batch.r_meter[0] = self.meter_index[reading.meter]
+        batch.r_ts[0] = reading.ts_ms
+        batch.r_flags[0] = reading.flags
+        values = reading.values
+        energy = values.get(Quantity.ENERGY_IMPORT)
+        batch.r_energy[0] = -1 if energy is None or energy < 0 else energy
+        regs = _NO_REGISTERS
+        if _REGISTERS[0] in values:
+            regs = [values.get(q, -1) for q in _REGISTERS]
+            if min(regs) < 0:
+                regs = _NO_REGISTERS
+        batch.r_reg[:] = array("q", regs)
+        return self.rate_arrays(batch)[0]
 
     def rate_arrays(self, batch: L.Batch) -> BatchResult:
         """Rate a batch given as arrays (meter indexes of :attr:`meter_index`)."""
@@ -924,7 +942,7 @@ class Rating:
         if self._billing.get(billing.meter) != billing:  # not loaded as billed so
             self.add_meter(billing, self.row(billing.meter))
         before = self.year(billing.account)
-        o = self.rater.rate((reading,))[0]
+        o = self.rater.rate_one(reading)
         status = o.status
         if status in ("rated", "unbilled"):
             return Rated(
