@@ -41,6 +41,11 @@ def test_demo_polls_the_simulator_and_delivers_the_journal(tmp_path: Path) -> No
     assert "uplink   broker 127.0.0.1:" in out and " connected  outbox " in out
     assert re.search(r"master +\d+ readings stored in \d+ batches", out)
     assert f"master: {stored} readings stored, each once, all equal to the journal" in out
+    # the money engine: signed top-ups from the master applied, the ledger re-adds
+    for account, amount in (("A101", "0.0300"), ("C201", "100.0000"), ("D301", "100.0000")):
+        assert f"master: signed top-up {account} +{amount} yuan -> ok" in out
+    assert re.search(r"  A101 +-?\d+\.\d{4} yuan  (alarm2|due_to_trip|may_close|normal) ", out)
+    assert out.rstrip().endswith("ledger: every balance re-adds from its entries")
 
 
 def test_demo_uses_a_given_broker(broker: Mosquitto, tmp_path: Path) -> None:
