@@ -18,7 +18,8 @@ starts the :class:`~gateway.uplink.Uplink` (the journal's batches to the configu
 broker; status section ``uplink``), as ``gateway run`` does unless ``--no-uplink``,
 and with it the :class:`~gateway.commands.CommandService` (the master's signed commands
 from ``down/cmd``, answered on ``up/reply``; status section ``commands``).
-With charging and an account that trips on arrears, the
+With charging and a meter with a relay (the accounts that trip may be opened or changed
+by command), the
 :class:`~gateway.relays.RelayController` listens to the charger and drives the relays
 (``runtime.relays``; status section ``relays``).
 """
@@ -42,6 +43,7 @@ from gateway.drivers.registry import make_driver
 from gateway.poller import Journal, Poller, PollSettings
 from gateway.protocols.batch import HealthKind, HealthRecord
 from gateway.relays import RelayController
+from gateway.relays.targets import targets as relay_targets
 from gateway.status import DEFAULT_SOCKET, StatusServer
 from gateway.store.ledger import Ledger
 from gateway.store.store import Store
@@ -138,7 +140,7 @@ class Runtime:
                 journal = self.charger
                 self.add_status("charging", self.charger.status)
                 self.add_status("tariffs", lambda: tariff_status(self.charger, self.clock.now))
-                if any(a.trip_on_arrears and a.type == "prepaid" for a in self.config.accounts):
+                if relay_targets(self.config):  # any meter can trip (accounts may change)
                     self.relays = RelayController(
                         self.config,
                         self.bus_for,

@@ -89,6 +89,7 @@ class StandInCharger:
         self.meters = {
             a.id: tuple(m.id for m in config.meters if m.account == a.id) for a in config.accounts
         }
+        self.trips = {a.id for a in config.accounts if a.type == "prepaid" and a.trip_on_arrears}
         self.states: dict[str, PrepaidState] = {}
         self.balances: dict[str, int] = {}
         self.closed: list[str] = []
@@ -109,6 +110,12 @@ class StandInCharger:
 
     def balance(self, account: str) -> int:
         return self.balances.get(account, 0)
+
+    def trips_on_arrears(self, account: str) -> bool:
+        return account in self.trips
+
+    def account_of(self, meter: str) -> str | None:
+        return next((a for a, ms in self.meters.items() if meter in ms), None)
 
     def state(self, account: str) -> PrepaidState:
         return self.states.get(account, PrepaidState.NORMAL)

@@ -23,6 +23,14 @@ minute) until it shows closed.  Each confirmed trip and close is a ``RELAY_TRIPP
 position in one durable transaction; once every meter of an account is confirmed closed
 the charger is told (:meth:`Charger.relay_closed`).
 
+Which accounts trip, and which meters are theirs, is asked of the charger when a
+decision is made (:meth:`Charger.trips_on_arrears`, ``meters_of``, ``account_of``): an
+account opened or changed by an ACCOUNT_CHANGE command trips like a configured one, and
+a relay meter added to it by METER_CHANGE is tripped with it (after the charger reloads,
+a meter added to an account already due is tripped, reason ``meter-added``).  Only
+configured meters have a relay target and a bus: a meter the configuration does not list
+is neither polled, charged nor tripped.
+
 What holds a trip back, in this order: the storm guard (:mod:`gateway.relays.storm`;
 counted on every account falling due; a storm stops tripping until :meth:`resume`),
 protect mode of the account (trips blocked, charging goes on; lifting it trips an
@@ -140,7 +148,6 @@ class RelayController:
         self.charger = charger
         self.writer = store_writer
         self.targets = targets(config)
-        self._trips = {a.id for a in config.accounts if a.type == "prepaid" and a.trip_on_arrears}
         self._protect = {a.id: a.protect for a in config.accounts}
         self._close_allow = {
             a.id: (a.thresholds or config.billing.thresholds).close_allow for a in config.accounts
@@ -148,7 +155,10 @@ class RelayController:
         s = self.settings
         self.policy = QuietPolicy.of(s.quiet_hours, config.billing.holidays, s.quiet_on_holidays)
         self.storm = StormGuard(
-            s.storm_share_pct, float(s.storm_window_s), s.storm_min_accounts, len(self._trips)
+            s.storm_share_pct,
+            float(s.storm_window_s),
+            s.storm_min_accounts,
+            len(self.trip_accounts()),
         )
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
@@ -168,6 +178,36 @@ class RelayController:
         self._recheck_s = max(RECHECK_MIN_S, 2 * config.polling.interval_s)
         self._retry_s = max(1.0, 10 * s.confirm_delay_s)
         self.counts = {"trips": 0, "closes": 0, "unconfirmed": 0, "resends": 0, "quiet_delays": 0}
+        self._reloads_seen = self._reloads()
+
+    # --- which accounts trip: the charger's, at decision time ---------------------------
+
+    def trips(self, account: str) -> bool:
+        """Whether ``account`` trips on arrears as in force (the charger's: the config's,
+        or as opened or changed by an ACCOUNT_CHANGE command)."""
+        return bool(self.charger.trips_on_arrears(account))
+
+    def trip_accounts(self) -> set[str]:
+        """The accounts that can be tripped now: each that trips on arrears and has a meter
+        with a relay (the charger's meters, those added by METER_CHANGE included).  The
+        storm guard's base."""
+        out: set[str] = set()
+        for meter in self.targets:
+            account = self.charger.account_of(meter)
+            if account is not None and self.trips(account):
+                out.add(account)
+        return out
+
+    def _known(self, account: str) -> bool:
+        """Whether the charger keeps ``account`` (configured or opened by command)."""
+        try:
+            self.charger.balance(account)
+        except KeyError:
+            return False
+        return True
+
+    def _reloads(self) -> int:
+        return int(getattr(self.charger, "reloads", 0))
 
     # --- life -------------------------------------------------------------------------
 
@@ -187,7 +227,7 @@ class RelayController:
         _logger.info(
             "relays: %d meters with a relay, %d accounts trip on arrears, close mode %s",
             len(self.targets),
-            len(self._trips),
+            len(self.trip_accounts()),
             self.settings.close_mode,
         )
 
@@ -230,7 +270,7 @@ class RelayController:
     def set_protect(self, account: str, on: bool) -> None:
         """Protect mode on or off (persisted, durably, before it returns); lifting it trips
         the account if it is still due.  KeyError for an unknown account."""
-        if account not in self._protect:
+        if account not in self._protect and not self._known(account):
             raise KeyError(f"unknown account {account!r}")
         ts_ms = self._now_ms()
         self.writer.call(
@@ -259,7 +299,7 @@ class RelayController:
         if was:
             _logger.info("relays: tripping resumed after a trip storm")
         for account in self.charger.accounts_in(PrepaidState.DUE_TO_TRIP):
-            if account in self._trips:
+            if self.trips(account):
                 meters = self.charger.meters_of(account)
                 self._due(account, meters, self._balance(account), "resume", False)
 
@@ -271,7 +311,7 @@ class RelayController:
         if target is None:
             out.set_result({"meter": meter, "ok": False, "error": "no such meter with a relay"})
             return out
-        account = target.meter.account
+        account = self.charger.account_of(meter)
         if account is not None and self.protected(account):
             out.set_result({"meter": meter, "ok": False, "error": "account in protect mode"})
             return out
@@ -324,7 +364,7 @@ class RelayController:
                     "stopped": self.storm.stopped,
                     "since_ms": self.storm.stopped_ms,
                     "recent": self.storm.recent(),
-                    "accounts": self.storm.accounts,
+                    "accounts": len(self.trip_accounts()),
                 },
                 "alarms": [dict(a) for a in self._alarms],
                 "blocked": dict(self._blocked),
@@ -348,10 +388,12 @@ class RelayController:
         reason: str,
         count_storm: bool = True,
     ) -> None:
-        if account not in self._trips:
-            return
+        if not self.trips(account) or not any(m in self.targets for m in meters):
+            return  # nothing to trip (a meter added later is tripped after the reload)
         ops: list[_Op] = []
         with self._lock:
+            if count_storm and not self.storm.stopped:
+                self.storm.accounts = len(self.trip_accounts())
             if count_storm and not self.storm.stopped and self.storm.note(account, monotonic()):
                 self._storm(account, meters)
             if self.storm.stopped:
@@ -719,7 +761,8 @@ class RelayController:
         """Read back the relays of every account that trips on arrears and make them agree
         with the charger's state (runs once, on the worker, after :meth:`start`)."""
         timeout = READ_TIMEOUT_S
-        for account in sorted(self._trips):
+        accounts = sorted(self.trip_accounts())
+        for account in accounts:
             if self._stopping:
                 return
             meters = [m for m in self.charger.meters_of(account) if m in self.targets]
@@ -756,7 +799,7 @@ class RelayController:
                 # charged again by the next poll), or someone else opened it.  Look again
                 # once the meters have been polled.
                 self._later(self._recheck_s, functools.partial(self._recheck, account, opened))
-        _logger.info("relays: reconciled %d accounts with their meters", len(self._trips))
+        _logger.info("relays: reconciled %d accounts with their meters", len(accounts))
 
     def _found(
         self, account: str, meter: str, is_open: bool, state: PrepaidState, balance: int
@@ -821,6 +864,7 @@ class RelayController:
                 except Exception:  # a bug must be seen, not stop the relays
                     _logger.exception("relays: a timed action failed")
             self._quiet_ends()
+            self._reloaded()
 
     def _quiet_ends(self) -> None:
         with self._lock:
@@ -834,6 +878,28 @@ class RelayController:
             if self.charger.state(account) == PrepaidState.DUE_TO_TRIP:
                 balance = self._balance(account)
                 self._due(account, meters, balance, "quiet-ended", False)
+
+    def _reloaded(self) -> None:
+        """After the charger reloaded (a METER_CHANGE or ACCOUNT_CHANGE command): a relay
+        meter now charged to an account already due to trip gets no state change, so it
+        is tripped here (reason ``meter-added``), unless the account is held."""
+        seen = self._reloads()
+        if seen == self._reloads_seen:
+            return
+        self._reloads_seen = seen
+        for account in self.charger.accounts_in(PrepaidState.DUE_TO_TRIP):
+            if not self.trips(account):
+                continue
+            with self._lock:
+                if account in self._blocked or account in self._delayed:
+                    continue
+                meters = [
+                    m
+                    for m in self.charger.meters_of(account)
+                    if m in self.targets and not self._open_or_opening(m)
+                ]
+            if meters:
+                self._due(account, meters, self._balance(account), "meter-added", False)
 
     # --- records --------------------------------------------------------------------------
 
