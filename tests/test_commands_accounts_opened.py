@@ -23,7 +23,7 @@ from gateway.config import parse_config
 from gateway.mosquitto import Mosquitto
 from gateway.poller import PollSettings
 from gateway.prepaid import PrepaidState
-from gateway.protocols.command import ArgValue, CommandKind, CommandReply, ReplyStatus
+from gateway.protocols.command import ArgValue, CommandKind, CommandReply, ReasonCode, ReplyStatus
 from gateway.protocols.quantities import EventCode
 from gateway.runtime import Runtime
 from gateway.sim.service import Simulator
@@ -142,3 +142,46 @@ def test_accounts_opened_or_changed_by_command_are_tripped(
             assert not relay_closed(sim, "dl1") and relay_closed(sim, "dl2")
             assert len(trips(rt, "dl1")) == 1  # remembered tripped: not tripped again
 
+
+def test_thresholds_and_protect_take_accounts_opened_by_command(
+    broker: Mosquitto, tmp_path: Path, master_key: Ed25519PrivateKey
+) -> None:
+    key = public_key_bytes(master_key)
+    clock = ManualClock(START)
+    levels: dict[str, ArgValue] = {
+        "alarm1": 50 * YUAN, "alarm2": 10 * YUAN, "overdraft_limit": 5 * YUAN,
+        "close_allow": 20 * YUAN, "emergency_credit": 0}  # fmt: skip
+
+    def do(rt: Runtime, kind: CommandKind, args: dict[str, ArgValue]) -> CommandReply:
+        return send(broker, command(rt, master_key, kind, args))
+
+    with simulator(tmp_path, clock) as sim:
+        with gateway(tmp_path, sim, broker, key) as rt:
+            c, relays = rt.charger, rt.relays
+            assert c is not None and relays is not None
+            reply = do(rt, CommandKind.THRESHOLDS, {"account": "B", **levels})  # not open yet
+            assert (reply.status, reply.reason) == (ReplyStatus.REFUSED, ReasonCode.BAD_ARGUMENTS)
+            assert "'B'" in reply.text
+            opened = do(rt, CommandKind.ACCOUNT_CHANGE, {
+                "op": "open", "account": "B", "type": "prepaid", "tariff": "flat",
+                "reason": "new tenant"})  # fmt: skip
+            assert opened.status == ReplyStatus.OK, opened
+            reply = do(rt, CommandKind.THRESHOLDS, {"account": "B", **levels})
+            assert (reply.status, reply.reason) == (ReplyStatus.OK, ReasonCode.NONE), reply
+            assert c.thresholds("B").close_allow == 20 * YUAN
+            assert c.thresholds("A").close_allow == 0  # the default, untouched
+            reply = do(rt, CommandKind.PROTECT, {"account": "B", "on": True})
+            assert (reply.status, reply.reason) == (ReplyStatus.OK, ReasonCode.NONE), reply
+            assert relays.protected("B")
+        with gateway(tmp_path, sim, broker, key) as rt:  # a restart: both remembered
+            assert rt.charger is not None and rt.relays is not None
+            assert rt.charger.thresholds("B").close_allow == 20 * YUAN
+            assert rt.relays.protected("B")
+            reply = do(rt, CommandKind.PROTECT, {"account": "B", "on": False})
+            assert reply.status == ReplyStatus.OK, reply
+            assert not rt.relays.protected("B")
+            closed = do(rt, CommandKind.ACCOUNT_CHANGE, {
+                "op": "close", "account": "B", "reason": "lease ended"})  # fmt: skip
+            assert closed.status == ReplyStatus.OK, closed
+            reply = do(rt, CommandKind.PROTECT, {"account": "B", "on": True})  # closed now
+            assert (reply.status, reply.reason) == (ReplyStatus.REFUSED, ReasonCode.BAD_ARGUMENTS)

@@ -50,6 +50,7 @@ from sqlite_utils import Database
 from gateway.clock import ManualClock, SystemClock
 from gateway.commands.changes import account_change, meter_change
 from gateway.errors import CommandRefused, GatewayError
+from gateway.lifecycle.accounts import accounts_in_force
 from gateway.prepaid import Thresholds
 from gateway.protocols.batch import HealthKind, HealthRecord
 from gateway.protocols.command import (
@@ -149,9 +150,16 @@ def _plain(value: object) -> ArgValue:
 
 
 def _account(rt: Runtime, cmd: Command) -> str:
+    """The command's ``account``: one in force (configured or opened by ACCOUNT_CHANGE,
+    as the store's account records say; closed ones refused)."""
     account: str = _arg(cmd, "account", str)
-    if account not in {a.id for a in rt.config.accounts}:
-        raise _bad(f"no account {account!r} in this gateway's configuration")
+    writer, config = rt.writer, rt.config
+    if writer is None:
+        known = {a.id for a in config.accounts}
+    else:
+        known = set(writer.call(lambda db: accounts_in_force(db, config)).result(60))
+    if account not in known:
+        raise _bad(f"no open account {account!r} on this gateway")
     return account
 
 
