@@ -7,6 +7,7 @@ exactly 5 per Wh and 6000 exactly 6, so every charge below is Wh x 5 or Wh x 6."
 from __future__ import annotations
 
 import sqlite3
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -14,15 +15,23 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlite_utils import Database
 
 from gateway.billing import Running
 from gateway.charging import Charger, load_state
 from gateway.clock import ManualClock
 from gateway.config import GatewayConfig, parse_config
-from gateway.config.model import FlatTariff, TieredTariff, TouTariff
+from gateway.config.model import FlatTariff, Tariff, TieredTariff, TouTariff
 from gateway.errors import ConfigError, StoreError
-from gateway.protocols.quantities import FLAG_CURVE, Quantity, Reading
+from gateway.protocols.quantities import (
+    FLAG_CURVE,
+    FLAG_DISCONTINUITY,
+    FLAG_TIME_UNTRUSTED,
+    Quantity,
+    Reading,
+)
 from gateway.store import Store
 from gateway.store.db import connect
 from gateway.store.ledger import (
@@ -163,16 +172,19 @@ class Bench:
         return self.store.writer.call(fn).result(10)
 
 
-def open_bench(path: Path, config: GatewayConfig) -> Bench:
+def open_bench(path: Path, config: GatewayConfig, known: Tariff | None = None) -> Bench:
+    """The store at ``path`` with a Charger on it (``known``: a version in its book from
+    the start, as if it had come in time)."""
     store = Store.open(path, gateway_id="gw", max_delay=0.01)
     bench_now = [NOW_MS]
-    charger = Charger(
-        store.writer, config, load_book(store.writer, config), now_ms=lambda: bench_now[0]
-    )
+    book = load_book(store.writer, config)
+    if known is not None:
+        book = book.with_tariff(known)
+    charger = Charger(store.writer, config, book, now_ms=lambda: bench_now[0])
     return Bench(config, store, charger, NOW_MS)
 
 
-def new_bench(path: Path, text: str) -> Bench:
+def new_bench(path: Path, text: str, known: Tariff | None = None) -> Bench:
     """A store with the accounts of ``text`` funded (FUND each) and a Charger on it."""
     config = parse_config(text, "gw.yaml")
     store = Store.open(path, gateway_id="gw")
@@ -184,7 +196,7 @@ def new_bench(path: Path, text: str) -> Bench:
         fund = TopUp(f"fund-{account.id}", account.id, EntryKind.TOP_UP, FUND, 0)
         assert Ledger(store).top_up(fund).result(10).applied
     store.close()
-    return open_bench(path, config)
+    return open_bench(path, config, known)
 
 
 @pytest.fixture
@@ -495,3 +507,88 @@ def test_the_settlement_snapshot_names_the_version_sent_by_command(bench: Bench)
         ).fetchall()
     )
     assert [tuple(r) for r in rows if r[0] in ("A", "B")] == [("A", "flat", 2), ("B", "flat", 2)]
+
+
+# --- property: late or known from the start, the money is the same ------------------------
+
+KINDS = st.sampled_from(["flat", "tou", "tiered"])
+
+
+def version_two(kind: str, effective_ms: int, p1: int, p2: int, threshold: int) -> dict:  # type: ignore[type-arg]
+    base = {"id": "flat", "version": 2, "effective": effective_ms, "kind": kind}
+    if kind == "flat":
+        return {**base, "price": p1}
+    if kind == "tou":
+        return {**base, "slots": {"00:00": 4, "08:00": 2, "11:00": 3, "22:00": 4},
+                "prices": {2: p1, 3: p2, 4: p1 // 3}}  # fmt: skip
+    return {**base, "thresholds": [threshold], "prices": [p1, p2]}
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    events=st.lists(
+        st.tuples(
+            st.sampled_from(["a1", "a2", "b1"]),
+            st.integers(1, 90),
+            st.integers(0, 2_000),
+            st.sampled_from([0, 0, 0, FLAG_TIME_UNTRUSTED, FLAG_DISCONTINUITY]),
+        ),
+        min_size=1,
+        max_size=25,
+    ),
+    back_min=st.integers(1, 900),
+    kind=KINDS,
+    p1=st.integers(0, 20_000),
+    p2=st.integers(0, 20_000),
+    threshold=st.integers(1, 20_000),
+)
+def test_a_late_version_costs_what_it_would_have_cost_known_from_the_start(
+    events: list[tuple[str, int, int, int]],
+    back_min: int,
+    kind: str,
+    p1: int,
+    p2: int,
+    threshold: int,
+) -> None:
+    # The same readings (some with an untrusted time, some after a discontinuity) charged
+    # twice: once with v1 alone and v2 arriving late (re-rated, adjusted), once with v2
+    # in the book from the start.  (Not untrusted times with a time-of-use v2: whether
+    # such a reading is deferred depends on the book having any time-of-use version, so
+    # v2 known in time would defer readings taken long before it took effect.)
+    # Balances, meters' accumulators and the tier total must agree to the unit.
+    total = sum(e[1] for e in events)
+    start = NOW_MS - total * 60_000
+    v2 = tariff_from_args(version_two(kind, NOW_MS - back_min * 60_000, p1, p2, threshold))
+    outcomes = []
+    for late in (True, False):
+        with tempfile.TemporaryDirectory() as tmp:
+            b = new_bench(Path(tmp) / "gw.db", CONFIG, None if late else v2)
+            try:
+                energy = {"a1": 1_000, "a2": 2_000, "b1": 3_000}
+                t = start
+                for m in energy:
+                    b.read(m, (t - NOW_MS) / H, energy[m])
+                for meter, dt, wh, flags in events:
+                    if kind == "tou":  # see below
+                        flags &= ~FLAG_TIME_UNTRUSTED
+                    t += dt * 60_000
+                    energy[meter] += wh
+                    b.read(meter, (t - NOW_MS) / H, energy[meter], flags)
+                if late:
+                    added = add_version(b.charger, v2, NOW_MS).result(30)
+                    assert added.rerating is not None and added.rerating.skipped == {}
+                assert b.db(check_balances) == []
+                states = b.db(lambda db: {m: load_state(db, m) for m in ("a1", "a2", "b1")})
+                years = b.db(
+                    lambda db: db.execute(
+                        "SELECT account, year_wh FROM rating_year ORDER BY account"
+                    ).fetchall()
+                )
+                # (a total of 0 kept or not yet kept is the same: an untrusted reading
+                # rated at v1 keeps it, deferred under a time-of-use v2 it is not)
+                totals = {account: wh for account, wh in years if wh}
+                outcomes.append((b.balances(), states, totals))
+            finally:
+                b.charger.close()
+                b.store.close()
+    assert outcomes[0] == outcomes[1]

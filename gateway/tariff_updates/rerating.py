@@ -278,9 +278,10 @@ def _finish(
         return None
     for meter in sorted(touched):
         row = final.rows[meter]
-        if row is not None:
+        if row is not None and row != check.rows[meter]:  # (check: the stored one)
             save_state(db, meter, row.last_ts_ms, row.last_energy_wh, row.totals, row.slots)
-    save_year(db, account, final.year)
+    if final.year != check.year:
+        save_year(db, account, final.year)
     rerated = planned.rerated + sum(final.amounts.values())
     charged = planned.posted + sum(check.amounts.values())
     return None if rerated == charged else (rerated, charged)
