@@ -16,12 +16,13 @@ import socket
 import socketserver
 import threading
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from gateway.errors import TransportError
 
-__all__ = ["DEFAULT_SOCKET", "StatusServer", "format_status", "query"]
+__all__ = ["DEFAULT_SOCKET", "StatusServer", "format_status", "query", "relay_lines"]
 
 DEFAULT_SOCKET = "/run/gateway/status.sock"
 """Where ``gateway run`` listens and ``gateway status`` asks, unless told otherwise."""
@@ -169,8 +170,12 @@ def format_status(status: Mapping[str, Any]) -> str:
             lines.append(f"tasks {today.get('day')}: " + ", ".join(parts))
         else:
             lines.append("tasks: suspended until the time is trusted")
+    relays = status.get("relays")
+    if isinstance(relays, Mapping):
+        lines += relay_lines(relays)
     for key, value in status.items():
         if key not in {
+            "relays",
             "tasks",
             "gateway_id",
             "version",
@@ -182,3 +187,83 @@ def format_status(status: Mapping[str, Any]) -> str:
         }:
             lines.append(f"{key}: {json.dumps(value, default=str)}")
     return "\n".join(lines)
+
+
+def _yuan(amount: object) -> str:
+    """0.0001 yuan as text with four decimals, exactly (no float)."""
+    if not isinstance(amount, int):
+        return str(amount)
+    sign = "-" if amount < 0 else ""
+    whole, frac = divmod(abs(amount), 10_000)
+    return f"{sign}{whole}.{frac:04d} yuan"
+
+
+def _utc(ts_ms: object) -> str:
+    if not isinstance(ts_ms, int):
+        return str(ts_ms)
+    return datetime.fromtimestamp(ts_ms // 1000, UTC).isoformat()
+
+
+def relay_lines(relays: Mapping[str, Any]) -> list[str]:
+    """The relays section (:meth:`gateway.relays.RelayController.status`) as human lines:
+    counters, each account (state, balance, tripped / due / protected / held / delayed,
+    its meters' relay positions), the trip storm, alarms, commands in progress."""
+    if "error" in relays and len(relays) == 1:
+        return [f"relays: ERROR {relays['error']}"]
+    lines = [
+        f"relays: {relays.get('meters', 0)} meters with a relay, close mode"
+        f" {relays.get('close_mode')}; {relays.get('trips', 0)} trips,"
+        f" {relays.get('closes', 0)} closes, {relays.get('unconfirmed', 0)} unconfirmed,"
+        f" {relays.get('resends', 0)} resends, {relays.get('quiet_delays', 0)} quiet delays"
+    ]
+    positions = relays.get("positions") or {}
+    moving = relays.get("in_progress") or {}
+    protect = set(relays.get("protect") or ())
+    blocked = relays.get("blocked") or {}
+    delayed = relays.get("delayed") or {}
+    for account, info in (relays.get("accounts") or {}).items():
+        meters = info.get("meters") or []
+        where = [
+            f"{m} {positions.get(m, 'unknown')}" + (f" ({moving[m]}ing)" if m in moving else "")
+            for m in meters
+        ]
+        tripped = any(str(positions.get(m, "")).startswith("open") for m in meters)
+        state = str(info.get("state", "")).replace("_", " ")
+        notes = [state, "TRIPPED" if tripped else "not tripped" if meters else "no relay meter"]
+        if not info.get("trips"):
+            notes.append("does not trip on arrears")
+        if account in protect:
+            notes.append("protected")
+        if account in blocked and blocked[account] != "protect":
+            notes.append(f"held by {blocked[account]}")
+        if account in delayed:
+            notes.append(f"trip delayed to {delayed[account]}")
+        lines.append(
+            f"  account {account}: balance {_yuan(info.get('balance'))}, {', '.join(notes)}"
+            + (f"; relays {', '.join(where)}" if where else "")
+        )
+    shown = {m for info in (relays.get("accounts") or {}).values() for m in info.get("meters", ())}
+    others = [
+        f"{m} {p}" + (f" ({moving[m]}ing)" if m in moving else "")
+        for m, p in positions.items()
+        if m not in shown and (str(p).startswith("open") or m in moving)
+    ]
+    if others:
+        lines.append(f"  other relays: {', '.join(others)}")
+    storm = relays.get("storm") or {}
+    if storm.get("stopped"):
+        lines.append(
+            f"  TRIP STORM since {_utc(storm.get('since_ms'))}: tripping stopped"
+            f" ({storm.get('recent', 0)} of {storm.get('accounts', 0)} accounts due recently)"
+        )
+    else:
+        lines.append(
+            f"  storm guard: {storm.get('recent', 0)} of {storm.get('accounts', 0)} accounts"
+            " due recently, tripping on"
+        )
+    for alarm in relays.get("alarms") or []:
+        detail = ", ".join(
+            f"{k} {v}" for k, v in alarm.items() if k not in ("kind", "ts_ms") and v != ""
+        )
+        lines.append(f"  ALARM {alarm.get('kind')} at {_utc(alarm.get('ts_ms'))}: {detail}")
+    return lines

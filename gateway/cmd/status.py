@@ -5,7 +5,9 @@
     gateway status [--socket PATH] [--json]
 
 Prints the buses (transactions, efficiency, errors), the flagged meters with their
-cause hints, and the readings stored.  Exit status 2 if no gateway answers.
+cause hints, the readings stored and, with relay control, the relays: per account its
+balance, prepaid state, tripped or not, protect, hold or quiet delay, its meters' relay
+positions; the storm guard; alarms.  Exit status 2 if no gateway answers.
 """
 
 from __future__ import annotations

@@ -354,9 +354,25 @@ class RelayController:
         return out
 
     def status(self) -> dict[str, object]:
+        """Counters, positions, alarms, the storm, and ``accounts``: per account that trips
+        (or is protected, held or delayed) its prepaid state, balance, whether it trips,
+        protect, and its relay meters' positions."""
+        trip = self.trip_accounts()
+        with self._lock:
+            listed = trip | {a for a, on in self._protect.items() if on}
+            listed |= set(self._blocked) | set(self._delayed)
+        accounts: dict[str, object] = {}
+        for account in sorted(listed):
+            accounts[account] = {
+                "state": str(self.charger.state(account)),
+                "balance": self._balance(account),
+                "trips": account in trip,
+                "meters": [m for m in self.charger.meters_of(account) if m in self.targets],
+            }
         with self._lock:
             now = monotonic()
             return {
+                "accounts": accounts,
                 "meters": len(self.targets),
                 "close_mode": self.settings.close_mode,
                 "protect": sorted(a for a, on in self._protect.items() if on),
