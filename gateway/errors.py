@@ -14,7 +14,9 @@
     │   └── UplinkError               the MQTT broker cannot be reached
     ├── StoreError                    SQLite failed
     │   └── StoreCorrupt              the store failed its integrity check
-    └── CommandRefused                a master command was refused (reason given)
+    ├── CommandRefused                a master command was refused (reason given)
+    ├── LifecycleRefused              a meter/account change was refused (unknown, removed ...)
+    └── RatingError                   a reading the tariff refused: stored, not charged
 
 Foreign errors (pyserial, pymodbus, sqlite3, paho) are mapped onto this tree at the
 boundary where they occur, with the original kept as ``__cause__``
@@ -36,6 +38,7 @@ __all__ = [
     "CommandRefused",
     "ConfigError",
     "GatewayError",
+    "LifecycleRefused",
     "LocalProtocolError",
     "MeterTimeout",
     "PortError",
