@@ -13,7 +13,8 @@
 ``run`` stores every gateway's batches once and acknowledges them on ``down/ack``
 until SIGTERM or SIGINT; one log line per event on stderr.  It exits 1 if the store
 fails (nothing more is acknowledged then).  ``stats`` prints, per gateway, its status,
-epochs, batches and records stored and when it was last seen.
+epochs, batches and records stored, the command replies stored and when it was last
+seen.
 
 ``keys`` writes the master's Ed25519 key pair for signed commands (private key mode
 0600, never overwritten without ``--force``) and prints the public key as base64, the
@@ -281,13 +282,13 @@ def _stats(args: argparse.Namespace) -> int:
         rejected = store.rejected()
     out = sys.stdout
     header: tuple[str, ...] = ("gateway", "status", "epochs", "batches", "readings")
-    header += ("events", "ledger", "tasks", "health", "last seen (UTC)")
+    header += ("events", "ledger", "tasks", "health", "replies", "last seen (UTC)")
     table: list[tuple[str, ...]] = [header] + [
         (
             r.gateway_id,
             r.status or "-",
             *(str(n) for n in (r.epochs, r.batches, r.readings, r.events, r.ledger)),
-            *(str(n) for n in (r.tasks, r.health)),
+            *(str(n) for n in (r.tasks, r.health, r.replies)),
             _stamp(r.last_seen_ms),
         )
         for r in rows

@@ -10,6 +10,11 @@ The session is persistent (``clean_session=False``), so a batch the master recei
 but had not committed when it died is delivered again by the broker, besides being
 re-sent by the gateway; both copies are deduplicated by (gateway, epoch, seq).
 
+The gateways' answers to commands (``up/reply``) are stored too
+(:meth:`MasterStore.store_reply`: gateway, command id, status, reason, text, result;
+a reply delivered again is stored once) and acknowledged to the broker after their
+commit, like batches.
+
 A malformed message is counted, logged, kept in ``rejected`` and acknowledged to the
 broker (so it is not delivered forever).  A gateway's retained ``up/status`` is
 recorded; when a gateway comes online it is sent its latest acknowledgement.
@@ -35,6 +40,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gateway.errors import GatewayError, UplinkError
 from gateway.master.store import MasterStore
 from gateway.protocols.batch import Ack, decode_batch, encode_ack
+from gateway.protocols.command import CommandReply, decode_reply
 from gateway.protocols.errors import RemoteProtocolError
 from gateway.protocols.topics import (
     QOS,
@@ -68,6 +74,9 @@ class IngestStats:
     rejected: int = 0
     statuses: int = 0
     replies: int = 0
+    """Command replies stored (new)."""
+    reply_duplicates: int = 0
+    """Command replies received again and stored nothing."""
     acks: int = 0
     """Acknowledgements published on ``down/ack``."""
     connects: int = 0
@@ -330,6 +339,8 @@ class Master:
                     raise RemoteProtocolError(f"epoch {batch.epoch} seq {batch.seq}: must be ≥ 1")
             elif channel is Channel.STATUS and message.payload not in _STATUSES:
                 raise RemoteProtocolError(f"status {message.payload[:40]!r}")
+            elif channel is Channel.REPLY:
+                reply: CommandReply = decode_reply(message.payload)
         except RemoteProtocolError as exc:
             store.reject(message.topic, str(exc), received_ms=now, size=len(message.payload))
             with self._changed:
@@ -377,7 +388,18 @@ class Master:
                 latest = store.latest_ack(where.gateway_id)
                 if latest is not None:
                     acks.setdefault(where.gateway_id, {})[latest.epoch] = latest
-        else:  # up/reply: commands come with a later step
+        elif channel is Channel.REPLY:
+            new = store.store_reply(where.gateway_id, reply, received_ms=now)
             with self._changed:
-                self._stats.replies += 1
-            log.debug("master: reply from %s (%d bytes)", where.gateway_id, len(message.payload))
+                if new:
+                    self._stats.replies += 1
+                else:
+                    self._stats.reply_duplicates += 1
+            log.info(
+                "master: %s replied to %s: %s %s%s",
+                where.gateway_id,
+                reply.command_id.hex() or "-",
+                reply.status.name,
+                getattr(reply.reason, "name", reply.reason),
+                "" if new else " (again)",
+            )

@@ -11,6 +11,12 @@ batch must survive a power cut.
 (the acknowledgement) and the highest seen; the sequence numbers missing between them
 are what the master asks the gateway to re-send.  Readings' values are JSON objects
 ``{"<quantity code>": int}`` so SQL can reach them (``json_extract``).
+
+``replies`` (migration 2) keeps the gateways' answers to commands (``up/reply``): per
+gateway the command id (hex), status and reason (names), text, result (JSON; bytes as
+hex) and when it was received.  A reply delivered again (the same gateway, command id,
+status, reason, text and result) is stored once; another answer to the same id (a
+command sent again is answered ``REPLAYED``) is a row of its own.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from gateway.protocols.batch import (
     TaskResult,
     TaskStatus,
 )
+from gateway.protocols.command import CommandReply, ReasonCode, ReplyStatus
 from gateway.protocols.quantities import Quantity, Reading
 from gateway.store.db import check_integrity, connect, store_errors
 from gateway.store.migrations import Migrations
@@ -47,6 +54,7 @@ __all__ = [
     "GatewaySummary",
     "MasterStore",
     "Stored",
+    "StoredReply",
 ]
 
 MAX_MISSING = 64
@@ -97,6 +105,31 @@ def _master_tables(db: Database) -> None:
         db.execute(statement)
 
 
+@MASTER(2, "command replies")
+def _replies(db: Database) -> None:
+    db.execute(
+        "CREATE TABLE replies (id INTEGER PRIMARY KEY,"
+        " gateway INTEGER NOT NULL REFERENCES gateways(id), command TEXT NOT NULL,"
+        " status TEXT NOT NULL, reason TEXT NOT NULL, text TEXT NOT NULL,"
+        " result TEXT NOT NULL, received_ms INTEGER NOT NULL,"
+        " UNIQUE (gateway, command, status, reason, text, result))"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReply:
+    """One gateway's answer to a command, as stored (``result`` decoded from JSON)."""
+
+    gateway_id: str
+    command: str
+    """The command id in hex ("" for a reply to a message that had none)."""
+    status: str
+    reason: str
+    text: str
+    result: dict[str, object]
+    received_ms: int
+
+
 @dataclass(frozen=True, slots=True)
 class Stored:
     """What storing a batch did: ``new`` is False for a duplicate; ``ack`` to send now."""
@@ -120,10 +153,19 @@ class GatewaySummary:
     ledger: int
     tasks: int
     health: int
+    replies: int = 0
+    """Command replies stored."""
 
 
 def _json(obj: object) -> str:
     return json.dumps(obj, separators=(",", ":"), sort_keys=True)
+
+
+def _plain_bytes(obj: object) -> str:
+    """JSON for a reply's bytes values: hex."""
+    if isinstance(obj, bytes):
+        return obj.hex()
+    raise TypeError(f"not JSON: {type(obj).__name__}")
 
 
 def _values(values: Mapping[Quantity, int]) -> str:
@@ -248,6 +290,25 @@ class MasterStore:
                 "UPDATE gateways SET status = ?, status_ms = ? WHERE id = ?",
                 (status, at_ms, self._gateway_id(gateway_id)),
             )
+
+    def store_reply(self, gateway_id: str, reply: CommandReply, *, received_ms: int) -> bool:
+        """Store a gateway's reply to a command; False when it was stored already."""
+        status = ReplyStatus(reply.status).name
+        reason = reply.reason.name if isinstance(reply.reason, ReasonCode) else str(reply.reason)
+        result = json.dumps(
+            reply.result, separators=(",", ":"), sort_keys=True, default=_plain_bytes
+        )
+        with store_errors("master store"), self._db.atomic():
+            gateway = self._gateway_id(gateway_id)
+            self._db.execute(
+                "UPDATE gateways SET last_seen_ms = ? WHERE id = ?", (received_ms, gateway)
+            )
+            cursor = self._db.execute(
+                "INSERT OR IGNORE INTO replies (gateway, command, status, reason, text, result,"
+                " received_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (gateway, reply.command_id.hex(), status, reason, reply.text, result, received_ms),
+            )
+            return cursor.rowcount == 1
 
     def reject(self, topic: str, reason: str, *, received_ms: int, size: int) -> None:
         """Count a message that could not be stored, and say why."""
@@ -481,6 +542,22 @@ class MasterStore:
                 for ts, kind, vals in rows
             ]
 
+    def replies(self, gateway_id: str | None = None) -> list[StoredReply]:
+        """The command replies stored (of ``gateway_id``, or all), in the order received."""
+        with store_errors("master store"):
+            rows = self._db.execute(
+                "SELECT g.name, r.command, r.status, r.reason, r.text, r.result, r.received_ms"
+                " FROM replies r JOIN gateways g ON g.id = r.gateway"
+                " WHERE ? IS NULL OR g.name = ? ORDER BY r.id",
+                (gateway_id, gateway_id),
+            ).fetchall()
+            return [
+                StoredReply(
+                    str(g), str(c), str(st), str(rs), str(t), dict(json.loads(str(r))), int(ms)
+                )
+                for g, c, st, rs, t, r, ms in rows
+            ]
+
     def rejected(self) -> list[tuple[str, str]]:
         """(topic, reason) of every rejected message, oldest first."""
         with store_errors("master store"):
@@ -490,12 +567,17 @@ class MasterStore:
     def summary(self) -> list[GatewaySummary]:
         """Per gateway, by name: status, last seen, and counts of what is stored."""
         with store_errors("master store"):
+            replies = (
+                "(SELECT count(*) FROM replies r WHERE r.gateway = g.id)"
+                if "replies" in self._db.table_names()
+                else "0"  # a store not migrated yet, opened read-only
+            )
             rows = self._db.execute(
                 "SELECT g.name, g.status, g.status_ms, g.last_seen_ms,"
                 " (SELECT count(*) FROM epochs e WHERE e.gateway = g.id),"
                 " count(b.id), coalesce(sum(b.readings), 0), coalesce(sum(b.events), 0),"
                 " coalesce(sum(b.ledger), 0), coalesce(sum(b.tasks), 0),"
-                " coalesce(sum(b.health), 0)"
+                f" coalesce(sum(b.health), 0), {replies}"
                 " FROM gateways g LEFT JOIN batches b ON b.gateway = g.id"
                 " GROUP BY g.id ORDER BY g.name"
             ).fetchall()
