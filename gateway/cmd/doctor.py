@@ -15,7 +15,16 @@ from importlib import metadata
 
 from gateway import fastpath
 
-DEPENDENCIES = ("pymodbus", "pyserial", "paho-mqtt", "construct", "PyYAML", "sqlite-utils", "cbor2")
+DEPENDENCIES = (
+    "pymodbus",
+    "pyserial",
+    "paho-mqtt",
+    "construct",
+    "PyYAML",
+    "sqlite-utils",
+    "cbor2",
+    "cryptography",
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
