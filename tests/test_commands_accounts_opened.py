@@ -7,6 +7,7 @@ through a real Mosquitto to a gateway polling simulated meters."""
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -185,3 +186,49 @@ def test_thresholds_and_protect_take_accounts_opened_by_command(
             assert closed.status == ReplyStatus.OK, closed
             reply = do(rt, CommandKind.PROTECT, {"account": "B", "on": True})  # closed now
             assert (reply.status, reply.reason) == (ReplyStatus.REFUSED, ReasonCode.BAD_ARGUMENTS)
+
+
+def closes(rt: Runtime, meter: str) -> list[dict[int | str, int | str]]:
+    """The details of the RELAY_CLOSED events of ``meter`` on disk."""
+    assert rt.writer is not None and rt.writer.flush(10)
+    with JournalReader(rt.store_path) as reader:
+        events = [e for _, e in reader.events(limit=100_000)]
+    return [e.detail for e in events if e.code == EventCode.RELAY_CLOSED and e.meter == meter]
+
+
+def test_a_tripped_meter_moved_to_another_account_is_closed(
+    broker: Mosquitto, tmp_path: Path, master_key: Ed25519PrivateKey
+) -> None:
+    key = public_key_bytes(master_key)
+    clock = ManualClock(START)
+
+    def do(rt: Runtime, kind: CommandKind, args: dict[str, ArgValue]) -> CommandReply:
+        reply = send(broker, command(rt, master_key, kind, args))
+        assert reply.status == ReplyStatus.OK, reply
+        return reply
+
+    with simulator(tmp_path, clock) as sim, gateway(tmp_path, sim, broker, key) as rt:
+        polled(rt, clock)
+        do(rt, CommandKind.ACCOUNT_CHANGE, {"op": "open", "account": "B", "type": "prepaid",
+                                            "tariff": "flat", "reason": "tenant"})  # fmt: skip
+        do(rt, CommandKind.METER_CHANGE, {"op": "add", "meter": "dl2", "account": "B",
+           "initial_wh": register(sim, "dl2"), "reason": "work order 9"})  # fmt: skip
+        wait_for(lambda: not relay_closed(sim, "dl2"), 20, "dl2 tripped (B due)")
+        wait_for(lambda: len(trips(rt, "dl2")) == 1, 10, "dl2's trip recorded")
+        # B's tenant leaves without paying; dl2 goes to C (postpaid): closed for C
+        do(rt, CommandKind.METER_CHANGE, {"op": "remove", "meter": "dl2",
+           "final_wh": register(sim, "dl2"), "reason": "tenant left"})  # fmt: skip
+        time.sleep(0.5)  # removed, charged to no one: left as it is
+        assert not relay_closed(sim, "dl2") and closes(rt, "dl2") == []
+        do(rt, CommandKind.ACCOUNT_CHANGE, {"op": "open", "account": "C", "type": "postpaid",
+                                            "tariff": "flat", "reason": "new tenant"})  # fmt: skip
+        do(rt, CommandKind.METER_CHANGE, {"op": "add", "meter": "dl2", "account": "C",
+           "initial_wh": register(sim, "dl2"), "reason": "work order 10"})  # fmt: skip
+        wait_for(lambda: relay_closed(sim, "dl2"), 20, "dl2 closed for C")
+        wait_for(lambda: len(closes(rt, "dl2")) == 1, 10, "dl2's close recorded")
+        assert closes(rt, "dl2")[0]["reason"] == "meter-moved"
+        assert closes(rt, "dl2")[0]["account"] == "C"
+        before = register(sim, "dl2")
+        polled(rt, clock, 600)  # C's tenant has power, charged to C
+        assert register(sim, "dl2") > before and rt.charger is not None
+        assert rt.charger.balance("C") < 0

@@ -27,7 +27,8 @@ Which accounts trip, and which meters are theirs, is asked of the charger when a
 decision is made (:meth:`Charger.trips_on_arrears`, ``meters_of``, ``account_of``): an
 account opened or changed by an ACCOUNT_CHANGE command trips like a configured one, and
 a relay meter added to it by METER_CHANGE is tripped with it (after the charger reloads,
-a meter added to an account already due is tripped, reason ``meter-added``).  Only
+a meter added to an account already due is tripped, reason ``meter-added``; a tripped
+meter moved to an account not due is closed, reason ``meter-moved``).  Only
 configured meters have a relay target and a bus: a meter the configuration does not list
 is neither polled, charged nor tripped.
 
@@ -898,7 +899,9 @@ class RelayController:
     def _reloaded(self) -> None:
         """After the charger reloaded (a METER_CHANGE or ACCOUNT_CHANGE command): a relay
         meter now charged to an account already due to trip gets no state change, so it
-        is tripped here (reason ``meter-added``), unless the account is held."""
+        is tripped here (reason ``meter-added``), unless the account is held; a meter
+        tripped for one account and now charged to another that is not due is closed
+        (reason ``meter-moved``; a removed meter, charged to none, stays as it is)."""
         seen = self._reloads()
         if seen == self._reloads_seen:
             return
@@ -916,6 +919,17 @@ class RelayController:
                 ]
             if meters:
                 self._due(account, meters, self._balance(account), "meter-added", False)
+        with self._lock:
+            opened = [
+                (m, p.account)
+                for m, p in self._positions.items()
+                if p.open and p.confirmed and m not in self._ops
+            ]
+        for meter, was in opened:  # tripped for one account, now charged to another
+            now = self.charger.account_of(meter)
+            if now is None or now == was or self.charger.state(now) == PrepaidState.DUE_TO_TRIP:
+                continue
+            self._close(now, [meter], self._balance(now), "meter-moved")
 
     # --- records --------------------------------------------------------------------------
 
