@@ -442,6 +442,8 @@ def main(argv: list[str] | None = None) -> int:
                 settings=PollSettings(interval=0),
                 status_socket=None,
                 charging=args.charging,
+                # charging: the time trusted (as after NTP), so time of use is rated
+                clock=SystemClock(config.timezone, trusted=args.charging),
             )
             rt.start()
             assert rt.writer is not None
@@ -471,6 +473,10 @@ def main(argv: list[str] | None = None) -> int:
                 t1 = time.monotonic()
                 own = {name: rt.buses[name].status() for name, *_ in BUSES}
                 charged = rt.charger.status() if rt.charger is not None else None
+                if rt.charger is not None and charged is not None:  # kernel or Python
+                    rater = rt.charger._rating.rater
+                    charged["kernel"] = rater.rated
+                    charged["fallbacks"] = dict(rater.fallbacks)
             finally:
                 rt.stop()
             size = sum(p.stat().st_size for p in tmp.glob("gw.db*"))
