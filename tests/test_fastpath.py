@@ -115,3 +115,18 @@ def test_a_stale_compiled_module_is_refused(monkeypatch: pytest.MonkeyPatch) -> 
     assert reason is not None and "stale" in reason and "rate_batch" in reason
     with pytest.raises(ImportError, match="stale"):
         fastpath.load("compiled")
+
+
+def test_the_fast_path_imports_nothing_else_of_the_package() -> None:
+    """design.md's layering: gateway.fastpath (kernel, twin, layout, tables) loads no
+    other gateway module; its driver, BatchRater, lives in gateway.charging.fast."""
+    code = (
+        "import sys\n"
+        "import gateway.fastpath, gateway.fastpath.tables, gateway.fastpath.layout\n"
+        "import gateway.fastpath._engine_py\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('gateway'))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = out.stdout.split()
+    assert "gateway.fastpath.layout" in loaded
+    assert [m for m in loaded if m != "gateway" and not m.startswith("gateway.fastpath")] == []
