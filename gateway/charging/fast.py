@@ -68,6 +68,7 @@ not listed, as it changes nothing).
 
 from __future__ import annotations
 
+import logging
 from array import array
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -96,6 +97,8 @@ from gateway.prepaid import PrepaidState, StateChange, Thresholds, evaluate
 from gateway.protocols.quantities import Quantity, Reading
 
 __all__ = ["SMALL", "STATUS", "BatchRater", "BatchResult", "Outcome", "Rating"]
+
+_logger = logging.getLogger("gateway.charging")
 
 SMALL = 16
 """Batches up to this size reuse the rater's result arrays (their outcomes are built
@@ -953,6 +956,10 @@ class Rating:
                 o.amount,
             ), before
         if status in ("baseline", "no_tariff"):
+            if status == "no_tariff":  # stored, not charged (as rate_reading logs it)
+                _logger.warning(
+                    "meter %s: not rated: no version of %s in force", billing.meter, billing.tariff
+                )
             return Rated("baseline", self.row(billing.meter)), before
         if status in ("deferred", "no_energy"):
             return Rated(status), before
