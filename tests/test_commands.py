@@ -462,3 +462,20 @@ def test_a_command_sent_while_the_gateway_is_away_is_applied_when_it_is_back(
             reply = waiting.result(60)
             assert reply is not None and reply.status == ReplyStatus.OK, reply
             assert state(rt) == ((before[0] or 0) + 9 * YUAN, before[1] + 1, before[2] + 1)
+
+
+def test_relay_resume_lifts_a_trip_storm_stop(
+    broker: Mosquitto, tmp_path: Path, master_key: Ed25519PrivateKey
+) -> None:
+    with gateway(tmp_path, broker, public_key_bytes(master_key), ManualClock(START)) as rt:
+        relays = rt.relays
+        assert relays is not None
+        relays.storm.stopped_ms = rt.now_ms()  # as the guard leaves it after a mass trip
+        assert relays.status()["storm"]["stopped"] is True  # type: ignore[index]
+        reply = send(broker, command(rt, master_key, CommandKind.RELAY_RESUME, {}))
+        assert reply.status == ReplyStatus.OK, reply
+        assert reply.result == {"was_stopped": True}
+        assert relays.status()["storm"]["stopped"] is False  # type: ignore[index]
+        again = send(broker, command(rt, master_key, CommandKind.RELAY_RESUME, {}))
+        assert (again.status, again.result) == (ReplyStatus.OK, {"was_stopped": False})
+        assert again.text == "tripping was not stopped"

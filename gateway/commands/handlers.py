@@ -19,6 +19,8 @@ Arguments, per kind (all money in 0.0001 yuan, integers):
 - ``THRESHOLDS``: ``account`` (text, or null/absent: the default of every account),
   ``alarm1``, ``alarm2``, ``overdraft_limit``, ``close_allow``, ``emergency_credit``.
 - ``PROTECT``: ``account``, ``on`` (bool).
+- ``RELAY_RESUME``: none; lifts a trip-storm stop: the relays trip the accounts still
+  due (the reply says whether tripping was stopped).
 - ``RELAY_TEST``: ``meter``; the reply waits for the test (at most
   :data:`RELAY_TEST_TIMEOUT` s).
 - ``TIME_SET``: optional ``time_ms`` (UTC ms; default the command's issue time).  A
@@ -254,6 +256,16 @@ def protect(rt: Runtime, cmd: Command) -> Outcome:
     return ok(cmd, account=account, protect=on)
 
 
+def relay_resume(rt: Runtime, cmd: Command) -> Outcome:
+    relays = _relays(rt)
+    if relays is None:
+        return failed(cmd, ReasonCode.UNAVAILABLE, "relay control is not running on this gateway")
+    was_stopped = bool(relays.storm.stopped)
+    relays.resume()
+    text = "" if was_stopped else "tripping was not stopped"
+    return ok(cmd, text, was_stopped=was_stopped)
+
+
 def relay_test(rt: Runtime, cmd: Command) -> Outcome:
     meter: str = _arg(cmd, "meter", str)
     if meter not in {m.id for m in rt.config.meters}:
@@ -414,5 +426,6 @@ HANDLERS: dict[CommandKind, Handler] = {
     CommandKind.BACK_FILL: back_fill,
     CommandKind.CONFIG: not_supported,
     CommandKind.FIRMWARE: not_supported,
+    CommandKind.RELAY_RESUME: relay_resume,
 }
 """Kind -> handler; a kind missing here is refused ``UNKNOWN_KIND``."""

@@ -75,6 +75,8 @@ class CommandKind(IntEnum):
     BACK_FILL = 9
     CONFIG = 10
     FIRMWARE = 11
+    RELAY_RESUME = 12
+    """Lift a trip-storm stop (after the cause, a wrong tariff say, was put right)."""
 
 
 class ReplyStatus(IntEnum):
