@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gateway.billing.money import yuan
 from gateway.errors import TransportError
 
 __all__ = ["DEFAULT_SOCKET", "StatusServer", "format_status", "query", "relay_lines"]
@@ -190,12 +191,8 @@ def format_status(status: Mapping[str, Any]) -> str:
 
 
 def _yuan(amount: object) -> str:
-    """0.0001 yuan as text with four decimals, exactly (no float)."""
-    if not isinstance(amount, int):
-        return str(amount)
-    sign = "-" if amount < 0 else ""
-    whole, frac = divmod(abs(amount), 10_000)
-    return f"{sign}{whole}.{frac:04d} yuan"
+    """A balance from the status JSON: 0.0001 yuan as exact text (anything else as is)."""
+    return f"{yuan(amount)} yuan" if isinstance(amount, int) else str(amount)
 
 
 def _utc(ts_ms: object) -> str:

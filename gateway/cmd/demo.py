@@ -42,6 +42,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlite_utils import Database
 
+from gateway.billing.money import yuan
 from gateway.commands.keys import load_private_key, write_key_pair
 from gateway.config import Commands, GatewayConfig, Uplink, example_config_path, load_config
 from gateway.errors import UplinkError
@@ -164,13 +165,6 @@ def _on_simulator(
         host=host, port=port, prefix=config.uplink.prefix, client_id=config.uplink.client_id
     )
     return dataclasses.replace(config, serial_buses=buses, store=store, uplink=uplink)
-
-
-def yuan(amount: int) -> str:
-    """0.0001 yuan as text with four decimals, exactly (no float)."""
-    sign = "-" if amount < 0 else ""
-    whole, frac = divmod(abs(amount), 10_000)
-    return f"{sign}{whole}.{frac:04d}"
 
 
 class _Money:
