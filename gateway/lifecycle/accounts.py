@@ -30,7 +30,7 @@ from gateway.billing import TariffBook
 from gateway.charging import Billing
 from gateway.config.model import Account, AccountType, GatewayConfig
 from gateway.errors import LifecycleRefused
-from gateway.lifecycle.base import _begin, _log, billing_of
+from gateway.lifecycle.base import _begin, _log, _refund, billing_of
 from gateway.protocols.batch import LedgerEntry
 from gateway.store.account_records import (
     AccountRecord,
@@ -41,9 +41,6 @@ from gateway.store.account_records import (
 )
 from gateway.store.ledger import (
     VACANCY,
-    EntryKind,
-    TopUp,
-    apply_top_up,
     balance_of,
     ensure_account,
 )
@@ -248,19 +245,7 @@ def close_account(
     ref = _begin(db, "account-close", account, ts_ms, reference)
     entries: list[LedgerEntry] = []
     if balance > 0:
-        refund = TopUp(
-            f"refund:{ref}",
-            account,
-            EntryKind.REFUND,
-            -balance,
-            ts_ms,
-            reason=reason,
-            operator=operator,
-        )
-        done = apply_top_up(db, refund)
-        if done.entry is None or not done.applied:
-            raise LifecycleRefused(f"refund refused: {done.refused or 'already applied'}")
-        entries.append(done.entry)
+        entries.append(_refund(db, ref, account, balance, ts_ms, reason, operator))
     stored = account_record(db, account)
     record = AccountRecord(
         account,

@@ -20,7 +20,14 @@ from gateway.config.model import Account, GatewayConfig
 from gateway.errors import LifecycleRefused
 from gateway.protocols.batch import LedgerEntry, MeterEvent
 from gateway.protocols.quantities import EventCode, Quantity, Reading
-from gateway.store.ledger import VACANCY, balance_of, journal_with_charges
+from gateway.store.ledger import (
+    VACANCY,
+    EntryKind,
+    TopUp,
+    apply_top_up,
+    balance_of,
+    journal_with_charges,
+)
 from gateway.store.meters import MeterRecord, chargeable, record_of
 
 __all__ = ["DeadMeterResult", "RemovalResult", "ReplacementResult", "billing_of"]
@@ -146,6 +153,20 @@ def _balance(db: Database, account: str) -> int:
     if balance is None:
         raise LifecycleRefused(f"no account {account!r} in the ledger")
     return balance
+
+
+def _refund(
+    db: Database, ref: str, account: str, amount: int, ts_ms: int, reason: str, operator: str
+) -> LedgerEntry:
+    """Pay ``amount`` (> 0) back to the tenant: one REFUND entry, its ledger id
+    ``refund:<ref>``."""
+    top_up = TopUp(
+        f"refund:{ref}", account, EntryKind.REFUND, -amount, ts_ms, reason=reason, operator=operator
+    )
+    result = apply_top_up(db, top_up)
+    if result.entry is None or not result.applied:
+        raise LifecycleRefused(f"refund refused: {result.refused or 'already applied'}")
+    return result.entry
 
 
 def _year_wh(db: Database, account: str) -> int:

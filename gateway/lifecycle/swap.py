@@ -25,11 +25,12 @@ from gateway.lifecycle.base import (  # the package's shared steps
     _log,
     _merge,
     _open_record,
+    _refund,
     _settled_dead,
     _year_wh,
 )
 from gateway.protocols.quantities import EventCode, Reading
-from gateway.store.ledger import EntryKind, TopUp, apply_top_up, journal_with_charges
+from gateway.store.ledger import journal_with_charges
 from gateway.store.meters import MeterRecord, record_of, set_record
 
 __all__ = ["add_meter", "change_ct", "remove_meter", "replace_meter"]
@@ -112,20 +113,9 @@ def remove_meter(
     refunded = 0
     balance = _balance(db, billing.account)
     if refund and balance > 0:
-        top_up = TopUp(
-            f"refund:{ref}",
-            billing.account,
-            EntryKind.REFUND,
-            -balance,
-            ts_ms,
-            reason=reason,
-            operator=operator,
-        )
-        result = apply_top_up(db, top_up)
-        if result.entry is None or not result.applied:
-            raise LifecycleRefused(f"refund refused: {result.refused or 'already applied'}")
-        entries.append(result.entry)
-        refunded, balance = balance, result.entry.balance_after
+        entry = _refund(db, ref, billing.account, balance, ts_ms, reason, operator)
+        entries.append(entry)
+        refunded, balance = balance, entry.balance_after
     final_wh = _energy(final, "the final reading")
     set_record(
         db,
