@@ -21,7 +21,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from polling import START, M, sim_yaml, wait_for
 
-from gateway.clock import ManualClock
+from gateway.clock import Clock, ManualClock
 from gateway.commands.keys import public_key_bytes
 from gateway.config import parse_config
 from gateway.master.command import build_command, send_command
@@ -92,23 +92,38 @@ def gateway(
     with simulator(tmp, clock) as sim:
         if sims is not None:
             sims.append(sim)
-        config = parse_config(config_yaml(sim, broker, public_key), str(tmp / "gw.yaml"))
-        rt = Runtime(
-            config,
-            store_path=tmp / "gw.db",
-            clock=clock,
-            settings=PollSettings(interval=0, max_power_w=10**9),
-            status_socket=None,
-            reopen_max=0.2,
-            uplink=UplinkSettings(),
-            charging=charging,
-            calendar=calendar,
-        )
-        with rt:
-            assert rt.uplink is not None
-            wait_for(lambda: rt.uplink is not None and rt.uplink.connected, 10, "uplink")
-            subscribed(broker)
+        text = config_yaml(sim, broker, public_key)
+        with connected(text, tmp, broker, clock, charging=charging, calendar=calendar) as rt:
             yield rt
+
+
+@contextmanager
+def connected(
+    text: str,
+    tmp: Path,
+    broker: Mosquitto,
+    clock: Clock,
+    *,
+    charging: bool = True,
+    calendar: bool = False,
+) -> Iterator[Runtime]:
+    """A gateway runtime on the configuration ``text`` (store ``tmp``/gw.db), its uplink
+    connected and answering on down/cmd."""
+    rt = Runtime(
+        parse_config(text, str(tmp / "gw.yaml")),
+        store_path=tmp / "gw.db",
+        clock=clock,
+        settings=PollSettings(interval=0, max_power_w=10**9),
+        status_socket=None,
+        reopen_max=0.2,
+        uplink=UplinkSettings(),
+        charging=charging,
+        calendar=calendar,
+    )
+    with rt:
+        wait_for(lambda: rt.uplink is not None and rt.uplink.connected, 10, "uplink")
+        subscribed(broker)
+        yield rt
 
 
 def subscribed(broker: Mosquitto) -> None:

@@ -12,26 +12,23 @@ from __future__ import annotations
 import base64
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import timedelta
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from polling import START, M, sim_yaml, wait_for
-from test_commands import GW, YUAN, command, send, subscribed
+from test_commands import GW, YUAN, command, connected, send
 from test_commands import master_key as master_key  # the fixture
 
 from gateway.clock import ManualClock
 from gateway.commands.keys import public_key_bytes
-from gateway.config import parse_config
 from gateway.mosquitto import Mosquitto
-from gateway.poller import PollSettings
 from gateway.protocols.command import ArgValue, CommandKind, ReasonCode, ReplyStatus
 from gateway.runtime import Runtime
 from gateway.sim.config import parse_sim_config
 from gateway.sim.service import Simulator
 from gateway.store.ledger import LedgerReader
-from gateway.uplink import UplinkSettings
 
 PRICE = 8500  # flat: 0.85 yuan/kWh
 METERS = [
@@ -67,23 +64,10 @@ def simulator(tmp: Path, clock: ManualClock) -> Iterator[Simulator]:
         yield sim
 
 
-@contextmanager
-def gateway(tmp: Path, sim: Simulator, broker: Mosquitto, key: bytes) -> Iterator[Runtime]:
-    config = parse_config(config_yaml(sim, broker, key), str(tmp / "gw.yaml"))
-    rt = Runtime(
-        config,
-        store_path=tmp / "gw.db",
-        clock=sim.clock,
-        settings=PollSettings(interval=0, max_power_w=10**9),
-        status_socket=None,
-        reopen_max=0.2,
-        uplink=UplinkSettings(),
-        charging=True,
-    )
-    with rt:
-        wait_for(lambda: rt.uplink is not None and rt.uplink.connected, 10, "uplink")
-        subscribed(broker)
-        yield rt
+def gateway(
+    tmp: Path, sim: Simulator, broker: Mosquitto, key: bytes
+) -> AbstractContextManager[Runtime]:
+    return connected(config_yaml(sim, broker, key), tmp, broker, sim.clock)
 
 
 def register(sim: Simulator, meter: str) -> int:
