@@ -4,12 +4,13 @@ a Charger for the meters' billing, and readings posted the way charging posts th
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
 
+import pytest
 from polling import START, M
 from sqlite_utils import Database
 
@@ -17,7 +18,14 @@ from gateway.charging import Billing, Charger, post_reading
 from gateway.config import GatewayConfig, parse_config
 from gateway.protocols.quantities import Quantity, Reading
 from gateway.store import Store
-from gateway.store.ledger import EntryKind, TopUp, apply_top_up, balance_of, sync_accounts
+from gateway.store.ledger import (
+    EntryKind,
+    TopUp,
+    apply_top_up,
+    balance_of,
+    check_balances,
+    sync_accounts,
+)
 
 T = TypeVar("T")
 
@@ -115,3 +123,17 @@ class Bench:
 
     def close(self) -> None:
         self.store.close()
+
+
+@pytest.fixture
+def bench(tmp_path: Path) -> Iterator[Bench]:
+    """A Bench on the default configuration; every balance re-adds from the ledger at the end."""
+    b = Bench(tmp_path / "gw.db")
+    yield b
+    assert b.run(check_balances) == []
+    b.close()
+
+
+def count(bench: Bench, table: str) -> int:
+    """The rows of ``table``."""
+    return int(bench.run(lambda db: db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]))

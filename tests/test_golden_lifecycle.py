@@ -7,25 +7,14 @@ before.  Balances exact to the unit; the ledger re-adds to every balance afterwa
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 from lifecycle_bench import Bench, ms, reading
+from lifecycle_bench import bench as bench  # the fixture
 
 from gateway.lifecycle import change_ct, remove_meter, replace_meter, settle_dead_meter
 from gateway.protocols.quantities import FLAG_ESTIMATED, EventCode
 from gateway.store.journal import JournalReader, Kind
-from gateway.store.ledger import EntryKind, LedgerReader, check_balances
+from gateway.store.ledger import EntryKind, LedgerReader
 from gateway.store.meters import MeterRecord, record_of
-
-
-@pytest.fixture
-def bench(tmp_path: Path) -> Iterator[Bench]:
-    b = Bench(tmp_path / "gw.db")
-    yield b
-    assert b.run(check_balances) == []
-    b.close()
 
 
 def events(bench: Bench, code: EventCode) -> list[dict[int | str, int | str]]:

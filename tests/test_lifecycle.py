@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -14,7 +13,8 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from lifecycle_bench import Bench, config_yaml, ms, reading
+from lifecycle_bench import Bench, config_yaml, count, ms, reading
+from lifecycle_bench import bench as bench  # the fixture
 from polling import START
 from sqlite_utils import Database
 
@@ -73,18 +73,6 @@ def test_migration_7_meter_records_and_settlements() -> None:
 
 
 # --- the operations, on a real store ---------------------------------------------------
-
-
-@pytest.fixture
-def bench(tmp_path: Path) -> Iterator[Bench]:
-    b = Bench(tmp_path / "gw.db")
-    yield b
-    assert b.run(check_balances) == []
-    b.close()
-
-
-def count(bench: Bench, table: str) -> int:
-    return int(bench.run(lambda db: db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]))
 
 
 def remove(bench: Bench, meter: str, seconds: int, wh: int, **kw: Any) -> RemovalResult:

@@ -5,13 +5,12 @@ over the configuration (gateway.store.account_records.effective_accounts)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import date
-from pathlib import Path
 from typing import Any
 
 import pytest
-from lifecycle_bench import FLAT, Bench, ms, reading
+from lifecycle_bench import FLAT, Bench, count, ms, reading
+from lifecycle_bench import bench as bench  # the fixture
 
 from gateway.errors import LifecycleRefused
 from gateway.lifecycle import (
@@ -23,19 +22,7 @@ from gateway.lifecycle import (
     remove_meter,
 )
 from gateway.lifecycle.accounts import accounts_in_force
-from gateway.store.ledger import EntryKind, check_balances
-
-
-@pytest.fixture
-def bench(tmp_path: Path) -> Iterator[Bench]:
-    b = Bench(tmp_path / "gw.db")
-    yield b
-    assert b.run(check_balances) == []
-    b.close()
-
-
-def count(bench: Bench, table: str) -> int:
-    return int(bench.run(lambda db: db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]))
+from gateway.store.ledger import EntryKind
 
 
 def opening(bench: Bench, account: str, **kw: Any) -> Any:
