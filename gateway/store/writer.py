@@ -8,8 +8,12 @@ groups, never corrupt the file).  A durable submission, a call, a flush or close
 the gathering at once; a group that holds a durable item commits with
 ``synchronous=FULL`` and its future completes only after that commit.
 
-A transaction that fails is rolled back and retried with back-off, for ever, with
-the error in :meth:`StoreWriter.stats`; nothing accepted is dropped.  Refusals happen
+Queued calls (:meth:`StoreWriter.call`) share the group transaction, each in its own
+savepoint: one that fails is rolled back alone and its future fails; one whose error
+rolled back the whole transaction fails alone too, and the rest of the group is
+written again at once, without it.  A transaction that fails otherwise is rolled back
+and retried with back-off, for ever, with the error in :meth:`StoreWriter.stats`;
+nothing accepted is dropped.  Refusals happen
 in :meth:`~StoreWriter.submit`, in the caller's thread, as StoreError: a record the
 store cannot hold, or readings beyond ``max_queue`` records waiting (the disk has
 stalled for long; durable submissions and calls are never refused for this).
@@ -47,6 +51,8 @@ class WriterStats:
     records_written: int
     transactions: int
     """Committed group transactions (retention passes not counted)."""
+    durable_transactions: int
+    """Those of them committed with ``synchronous=FULL`` (an fsync each)."""
     max_batch: int
     """Most records committed in one transaction."""
     queue_depth: int
@@ -95,6 +101,17 @@ class _Stop:
     pass
 
 
+class _Destroyed(Exception):
+    """A call failed with an error that rolled back the whole group transaction (a
+    ``RAISE(ROLLBACK)`` trigger; SQLite does so on a full disk, an I/O error): that
+    call alone fails, the rest of the group is written again at once."""
+
+    def __init__(self, index: int, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.index = index
+        self.error = error
+
+
 _Item = _Records | _Durable | _Call | _Flush | _Stop
 _Outcome = tuple[Future[Any], Callable[[Any], None] | None, Any, BaseException | None]
 """(future, after-commit hook, result, error) of one item of a transaction."""
@@ -102,6 +119,13 @@ _Outcome = tuple[Future[Any], Callable[[Any], None] | None, Any, BaseException |
 
 def _size(item: _Item) -> int:
     return len(item.rows) if isinstance(item, _Records | _Durable) else 0
+
+
+def _durable(items: list[_Item]) -> bool:
+    """Whether a group holds a durable item: it commits with ``synchronous=FULL``."""
+    return any(
+        isinstance(item, _Durable) or (isinstance(item, _Call) and item.durable) for item in items
+    )
 
 
 def _settle(future: Future[Any], result: object, error: BaseException | None) -> None:
@@ -149,6 +173,7 @@ class StoreWriter:
         self._pending = 0
         self._written = 0
         self._transactions = 0
+        self._durable = 0
         self._largest = 0
         self._failures = 0
         self._last_error: str | None = None
@@ -252,6 +277,7 @@ class StoreWriter:
             return WriterStats(
                 records_written=self._written,
                 transactions=self._transactions,
+                durable_transactions=self._durable,
                 max_batch=self._largest,
                 queue_depth=self._pending,
                 failures=self._failures,
@@ -360,10 +386,20 @@ class StoreWriter:
     def _commit_with_retry(self, items: list[_Item], *, count: bool = True) -> bool:
         """Commit ``items`` in one transaction, retrying until it works; False if abandoned."""
         delay = 0.05
+        items = list(items)
         while True:
             try:
                 outcomes = self._commit(items)
                 break
+            except _Destroyed as lost:
+                call = items.pop(lost.index)
+                with self._lock:
+                    self._failures += 1
+                    self._last_error = f"{type(lost.error).__name__}: {lost.error}"
+                _log.warning("store call failed and rolled back its group: %s", lost.error)
+                if isinstance(call, _Call):
+                    _settle(call.future, None, lost.error)
+                continue
             except Exception as exc:
                 with self._lock:
                     self._failures += 1
@@ -386,6 +422,7 @@ class StoreWriter:
             self._written += records
             if count:
                 self._transactions += 1
+                self._durable += _durable(items)
                 self._largest = max(self._largest, records)
         for future, after, result, failure in outcomes:
             if failure is not None:
@@ -402,10 +439,7 @@ class StoreWriter:
     def _commit(self, items: list[_Item]) -> list[_Outcome]:
         """One transaction for ``items``; an outcome for each that has a future."""
         db = self._db
-        durable = any(
-            isinstance(item, _Durable) or (isinstance(item, _Call) and item.durable)
-            for item in items
-        )
+        durable = _durable(items)
         new_meters: dict[str, int] = {}
         outcomes: list[_Outcome] = []
         if durable:
@@ -413,7 +447,7 @@ class StoreWriter:
         try:
             with db.atomic():
                 group: dict[Kind, list[tuple[object, ...]]] = defaultdict(list)
-                for item in items:
+                for index, item in enumerate(items):
                     if isinstance(item, _Records):
                         for row in item.rows:
                             group[row.kind].append(self._params(row, new_meters))
@@ -423,7 +457,12 @@ class StoreWriter:
                         ids = [self._insert_one(row, new_meters) for row in item.rows]
                         outcomes.append((item.future, None, ids, None))
                     elif isinstance(item, _Call):
-                        outcomes.append(self._run_call(item))
+                        outcome = self._run_call(item)
+                        if outcome[3] is not None and not db.conn.in_transaction:
+                            # nothing of the group is left: not a word more of it in
+                            # autocommit; this call fails, the others are written again
+                            raise _Destroyed(index, outcome[3])
+                        outcomes.append(outcome)
                 self._insert_group(group)
         finally:
             if durable:
