@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from polling import START, M
+from polling import START, M, meter_lines
 from sqlite_utils import Database
 
 from gateway.charging import Billing, Charger, post_reading
@@ -62,10 +62,8 @@ def config_yaml(
         "serial_buses:",
         f"  - {{name: dl, port: '{port}', protocol: dlt645, baud: 38400, parity: E}}",
         "meters:",
+        *meter_lines(ms),
     ]
-    for m, account in ms:
-        acc = f", account: {account}" if account else ""
-        lines.append(f"  - {{id: {m.id}, bus: dl, address: '{m.address}', ct_ratio: {m.ct}{acc}}}")
     lines.append("uplink: {host: localhost}")
     return "\n".join(lines) + "\n" + TARIFFS + extra
 

@@ -89,16 +89,24 @@ def gateway_yaml(
             f"  - {{name: {name}, port: '{sim.bus(name).path}', protocol: {protocol},"
             f" baud: {baud}, parity: E}}"
         )
-    lines.append("meters:")
-    for m in ms:
+    lines += ["meters:", *meter_lines((m, None) for m in ms)]
+    lines += ["uplink: {host: localhost}", f"store: {{path: '{store}'}}"]
+    return "\n".join(lines) + "\n"
+
+
+def meter_lines(ms: Iterable[tuple[M, str | None]]) -> list[str]:
+    """The gateway configuration's ``meters:`` entries: each meter with its CT ratio and
+    its account (None: none)."""
+    out = []
+    for m, account in ms:
         where = (
             f"unit_id: {m.n}, profile: {m.profile}"
             if m.protocol == "modbus"
             else f"address: '{m.address}'"
         )
-        lines.append(f"  - {{id: {m.id}, bus: {m.bus}, {where}, ct_ratio: {m.ct}}}")
-    lines += ["uplink: {host: localhost}", f"store: {{path: '{store}'}}"]
-    return "\n".join(lines) + "\n"
+        acc = f", account: {account}" if account else ""
+        out.append(f"  - {{id: {m.id}, bus: {m.bus}, {where}, ct_ratio: {m.ct}{acc}}}")
+    return out
 
 
 class ListJournal:

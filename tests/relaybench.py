@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from polling import ListJournal, M, sim_yaml, wait_for
+from polling import ListJournal, M, meter_lines, sim_yaml, wait_for
 
 from gateway.charging import Charger
 from gateway.clock import ManualClock
@@ -43,15 +43,7 @@ def gateway_text(
             f"  - {{name: {name}, port: '{sim.bus(name).path}', protocol: {protocol},"
             f" baud: {baud}, parity: E}}"
         )
-    lines.append("meters:")
-    for m, account in ms:
-        where = (
-            f"unit_id: {m.n}, profile: {m.profile}"
-            if m.protocol == "modbus"
-            else f"address: '{m.address}'"
-        )
-        acc = f", account: {account}" if account else ""
-        lines.append(f"  - {{id: {m.id}, bus: {m.bus}, {where}, ct_ratio: {m.ct}{acc}}}")
+    lines += ["meters:", *meter_lines(ms)]
     lines.append("accounts:")
     lines += [
         f"  - {a}" if a.startswith("{") else f"  - {{id: {a}, type: prepaid, tariff: flat}}"

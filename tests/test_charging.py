@@ -17,7 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from polling import START, M, sim_yaml, wait_for
+from polling import START, M, meter_lines, sim_yaml, wait_for
 from sqlite_utils import Database
 
 from gateway.charging import Charger, post_reading
@@ -82,10 +82,8 @@ def config_yaml(port: str, ms: list[tuple[M, str | None]]) -> str:
         "serial_buses:",
         f"  - {{name: dl, port: '{port}', protocol: dlt645, baud: 38400, parity: E}}",
         "meters:",
+        *meter_lines(ms),
     ]
-    for m, account in ms:
-        acc = f", account: {account}" if account else ""
-        lines.append(f"  - {{id: {m.id}, bus: dl, address: '{m.address}', ct_ratio: {m.ct}{acc}}}")
     lines.append("uplink: {host: localhost}")
     return "\n".join(lines) + "\n" + TARIFFS
 
