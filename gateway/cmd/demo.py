@@ -31,7 +31,6 @@ import argparse
 import dataclasses
 import secrets
 import socket
-import sqlite3
 import sys
 import tempfile
 import time
@@ -40,7 +39,6 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlite_utils import Database
 
 from gateway.billing.money import yuan
 from gateway.commands.keys import load_private_key, write_key_pair
@@ -58,6 +56,7 @@ from gateway.runtime import Runtime
 from gateway.sim.config import LoadConfig, SimConfig, example_sim_config_path, load_sim_config
 from gateway.sim.service import Simulator
 from gateway.store import JournalReader
+from gateway.store.db import connect
 from gateway.store.ledger import check_balances
 from gateway.uplink import UplinkSettings
 
@@ -251,7 +250,7 @@ class _Money:
 
     def check(self) -> int:
         """0 if every balance re-adds from the ledger."""
-        db = Database(sqlite3.connect(self.runtime.store_path))
+        db = connect(self.runtime.store_path, readonly=True)
         try:
             mismatches = check_balances(db)
         finally:
