@@ -15,6 +15,7 @@ import textwrap
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from polling import START, M, meter_lines, sim_yaml, wait_for
@@ -88,6 +89,20 @@ def config_yaml(port: str, ms: list[tuple[M, str | None]]) -> str:
     return "\n".join(lines) + "\n" + TARIFFS
 
 
+def opened_store(path: Path, config: GatewayConfig, fund: int = 0, **kw: Any) -> Store:
+    """A store at ``path`` with the configuration's accounts opened (on START's day) and,
+    with ``fund``, account A topped up by that much, before any charging."""
+    store = Store.open(path, gateway_id="gw", **kw)
+    store.writer.call(
+        lambda db: sync_accounts(db, config.accounts, opened_day=START.date(), opened_ms=0),
+        durable=True,
+    ).result(10)
+    if fund:
+        funded = TopUp("fund", "A", EntryKind.TOP_UP, fund, 0)
+        assert Ledger(store).top_up(funded).result(10).applied
+    return store
+
+
 def test_balances_fall_by_the_simulated_energy(tmp_path: Path) -> None:
     # dl1 (CT 60) and dl2 draw on one prepaid account A; dl3 is unbilled; dl4 has none.
     ms = [
@@ -105,14 +120,7 @@ def test_balances_fall_by_the_simulated_energy(tmp_path: Path) -> None:
         config = parse_config(config_yaml(sim.bus("dl").path, ms), "gw.yaml")
         # A is funded before the gateway starts: a prepaid account at 0 is due to trip, and
         # the relays would open dl1 and dl2 at once (no consumption to charge)
-        store = Store.open(path, gateway_id="gw")
-        store.writer.call(
-            lambda db: sync_accounts(db, config.accounts, opened_day=START.date(), opened_ms=0),
-            durable=True,
-        ).result(10)
-        funded = TopUp("fund", "A", EntryKind.TOP_UP, FUND, 0)
-        assert Ledger(store).top_up(funded).result(10).applied
-        store.close()
+        opened_store(path, config, FUND).close()
         rt = Runtime(
             config,
             store_path=path,
@@ -189,11 +197,7 @@ def plain_config() -> GatewayConfig:
 @pytest.fixture
 def charged(tmp_path: Path):  # type: ignore[no-untyped-def]
     config = plain_config()
-    store = Store.open(tmp_path / "gw.db", gateway_id="gw", max_delay=0.01)
-    store.writer.call(
-        lambda db: sync_accounts(db, config.accounts, opened_day=START.date(), opened_ms=0),
-        durable=True,
-    ).result(10)
+    store = opened_store(tmp_path / "gw.db", config, max_delay=0.01)
     charger = Charger(store.writer, config)
 
     def post(meter: str, ts_s: int, wh: int, flags: int = 0) -> int:

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import cbor2
 from polling import START
+from test_charging import opened_store
 
 from gateway.charging import Charger
 from gateway.config import parse_config
 from gateway.prepaid import PrepaidState, StateChange
 from gateway.protocols.quantities import EventCode, Quantity, Reading
-from gateway.store import Store
-from gateway.store.ledger import EntryKind, TopUp, check_balances, sync_accounts
+from gateway.store.ledger import EntryKind, TopUp, check_balances
 
 T0 = int(START.timestamp() * 1000)
 S = PrepaidState
@@ -51,11 +51,7 @@ CT = {"m1": 1, "m2": 10, "m3": 60}
 def test_three_meters_one_account_golden(tmp_path: Path) -> None:
     path = tmp_path / "gw.db"
     config = parse_config(CONFIG, "gw.yaml")
-    store = Store.open(path, gateway_id="gw", max_delay=0.01)
-    store.writer.call(
-        lambda db: sync_accounts(db, config.accounts, opened_day=START.date(), opened_ms=0),
-        durable=True,
-    ).result(10)
+    store = opened_store(path, config, max_delay=0.01)
     charger = Charger(store.writer, config, now_ms=lambda: T0)
     changes: list[StateChange] = []
     charger.add_listener(lambda change, meters: changes.append(change))

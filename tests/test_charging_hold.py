@@ -13,7 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from polling import START, M, sim_yaml, wait_for
-from test_charging import FUND, PRICE, config_yaml, half_up, reg
+from test_charging import FUND, PRICE, config_yaml, half_up, opened_store, reg
 
 from gateway.clock import ManualClock
 from gateway.config import parse_config
@@ -24,7 +24,6 @@ from gateway.runtime import Runtime
 from gateway.sim.config import parse_sim_config
 from gateway.sim.service import Simulator
 from gateway.store import Store
-from gateway.store.ledger import EntryKind, Ledger, TopUp, sync_accounts
 from gateway.store.meters import record_of
 
 
@@ -44,13 +43,7 @@ def test_a_swapped_meter_is_held_until_confirmed(tmp_path: Path) -> None:
     path = tmp_path / "gw.db"
     with Simulator(sim_config, clock) as sim:
         config = parse_config(config_yaml(sim.bus("dl").path, ms), "gw.yaml")
-        store = Store.open(path, gateway_id="gw")
-        store.writer.call(
-            lambda db: sync_accounts(db, config.accounts, opened_day=START.date(), opened_ms=0),
-            durable=True,
-        ).result(10)
-        assert Ledger(store).top_up(TopUp("fund", "A", EntryKind.TOP_UP, FUND, 0)).result(10)
-        store.close()
+        opened_store(path, config, FUND).close()
         rt = Runtime(
             config,
             store_path=path,

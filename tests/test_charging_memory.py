@@ -19,13 +19,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from polling import START, wait_for
+from test_charging import opened_store
 
 from gateway.charging import Charger
 from gateway.config import parse_config
 from gateway.prepaid import PrepaidState, StateChange, Thresholds
 from gateway.protocols.quantities import EventCode, Quantity, Reading
 from gateway.store import Store
-from gateway.store.ledger import EntryKind, TopUp, check_balances, sync_accounts
+from gateway.store.ledger import EntryKind, TopUp, check_balances
 
 PRICE = 10_000  # 1.0000 yuan/kWh: 1 Wh costs 10 (0.0010 yuan) exactly
 T0 = int(START.timestamp() * 1000)
@@ -59,13 +60,7 @@ class Bench:
     def __init__(self, path: Path, **kw: object) -> None:
         self.path = path
         self.config = parse_config(CONFIG, "gw.yaml")
-        self.store = Store.open(path, gateway_id="gw", max_delay=0.01)
-        self.store.writer.call(
-            lambda db: sync_accounts(
-                db, self.config.accounts, opened_day=START.date(), opened_ms=0
-            ),
-            durable=True,
-        ).result(10)
+        self.store = opened_store(path, self.config, max_delay=0.01)
         self.charger = Charger(self.store.writer, self.config, now_ms=lambda: T0, **kw)  # type: ignore[arg-type]
         self.changes: list[StateChange] = []
         self.charger.add_listener(lambda change, meters: self.changes.append(change))
