@@ -15,6 +15,18 @@ Run: ``.venv/bin/python bench/bench_store.py [--csv PATH] [--dir DIR] [--reading
    per hour; "stored" is the database's growth per reading after a final checkpoint.
 3. Durable commits (``synchronous=FULL``, one fsync each) per second, one at a time.
 
+``--charging`` instead: the same 128 meters, each billed (its own prepaid account, flat
+tariff) through a :class:`~gateway.charging.Charger`, so each reading queues one durable
+transaction (reading, charges, rating state) on the writer.  After a warm-up cycle,
+durable commits (fsyncs) and bytes written (``wchar``, with the final checkpoint) per
+billed reading, for three ways of feeding it: one reading at a time, each waited for
+(nothing to group: one transaction per reading); one thread per bus (4) replaying the
+CSV at its own pace, ``--seconds`` of it in real time (what a gateway sees: the CSV
+reads each bus's 32 meters within 0.4 s at the start of each 15 s cycle, the four
+buses in step); and the
+same 4 threads as fast as they can (readings queue while the writer fsyncs, and the
+writer commits the queued jobs together, each in its own savepoint).
+
 The store lives in ``--dir`` (default: a temporary directory under the current one,
 so on the same disk).  The last line printed is JSON.
 """
@@ -29,13 +41,17 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlite_utils import Database
 
+from gateway.charging import Charger
+from gateway.config import parse_config
 from gateway.protocols.batch import MeterEvent
 from gateway.protocols.quantities import Quantity, Reading
 from gateway.store import Store
+from gateway.store.ledger import EntryKind, TopUp, sync_accounts
 
 __all__ = ["main"]
 
@@ -160,6 +176,113 @@ def durable(folder: Path, count: int) -> dict[str, float]:
     }
 
 
+BUSES = METERS // 32
+
+
+def charging_config(readings: list[Reading]) -> str:
+    """128 billed meters on 4 buses (one per copy of the CSV), each its own prepaid account."""
+    names = sorted({r.meter for r in readings})
+    lines = ["gateway_id: bench", "serial_buses:"]
+    lines += [f"  - {{name: b{n}, port: /dev/bench{n}, protocol: dlt645}}" for n in range(BUSES)]
+    lines.append("meters:")
+    lines += [f'  - {{id: "{m}", bus: b{m[0]}, address: "{m}", account: a{m}}}' for m in names]
+    lines.append("accounts:")
+    lines += [f"  - {{id: a{m}, type: prepaid, tariff: flat}}" for m in names]
+    lines += [
+        "tariffs:",
+        '  - {id: flat, version: 1, effective: "2024-01-01T00:00:00+08:00", kind: flat,'
+        " price: 8500}",
+        "uplink: {host: localhost}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def charging(folder: Path, readings: list[Reading], how: str, seconds: float) -> dict[str, object]:
+    """Durable commits and bytes written per billed reading, fed ``how``."""
+    config = parse_config(charging_config(readings), "bench.yaml")
+    t0 = readings[0].ts_ms
+    warm = [r for r in readings if r.ts_ms < t0 + PERIOD_S * 1000]
+    rest = [
+        r for r in readings if t0 + PERIOD_S * 1000 <= r.ts_ms < t0 + (PERIOD_S + seconds) * 1000
+    ]
+    path = folder / f"charging-{how.replace(' ', '-')}.db"
+    day = datetime.fromtimestamp(t0 / 1000, UTC).date()
+    with Store.open(path, gateway_id="bench", now_ms=lambda: t0) as store:
+        store.writer.call(
+            lambda db: sync_accounts(db, config.accounts, opened_day=day, opened_ms=0),
+            durable=True,
+        ).result(60)
+        charger = Charger(store.writer, config, now_ms=lambda: t0)
+        try:
+            for account in config.accounts:
+                top_up = TopUp(f"fund-{account.id}", account.id, EntryKind.TOP_UP, 10**8, t0)
+                charger.top_up(top_up).result(60)
+            for reading in warm:  # each meter's baseline
+                charger.submit(reading)
+            if not charger.wait_idle(600):
+                raise RuntimeError("warm-up not written")
+            checkpoint(store)
+            before, written0, posted0 = store.stats(), wchar(), charger.posted
+            begin = time.perf_counter()
+            if how == "one at a time":
+                for reading in rest:
+                    charger.submit(reading)
+                    charger.wait_idle(60)
+            else:
+                paced = how == "real rate"
+
+                def bus(n: int) -> None:
+                    mine = [r for r in rest if r.meter.startswith(str(n))]
+                    for reading in mine:
+                        if paced:
+                            due = begin + (reading.ts_ms - rest[0].ts_ms) / 1000
+                            time.sleep(max(0.0, due - time.perf_counter()))
+                        charger.submit(reading)
+
+                workers = [threading.Thread(target=bus, args=(n,)) for n in range(BUSES)]
+                for worker in workers:
+                    worker.start()
+                for worker in workers:
+                    worker.join()
+            if not charger.wait_idle(600):
+                raise RuntimeError("readings not written")
+            wall = time.perf_counter() - begin
+            checkpoint(store)
+            written, after = wchar() - written0, store.stats()
+            billed = charger.posted - posted0
+            if billed != len(rest) or charger.lost or charger.failed:
+                raise RuntimeError(f"{billed} of {len(rest)} written, {charger.failed} failed")
+        finally:
+            charger.close()
+    commits = after.durable_transactions - before.durable_transactions
+    return {
+        "feed": how,
+        "billed_readings": billed,
+        "readings_per_s": round(billed / wall, 1),
+        "durable_commits": commits,
+        "durable_commits_per_reading": round(commits / billed, 3),
+        "written_bytes_per_reading": round(written / billed),
+        "written_mb_per_hour": round(written / billed * PER_SECOND * 3600 / 1e6, 1),
+    }
+
+
+def charging_main(args: argparse.Namespace) -> int:
+    readings = load(args.csv, BUSES)
+    feeds = ("one at a time", "real rate", "as fast as possible")
+    with tempfile.TemporaryDirectory(prefix="bench-store-", dir=args.dir or Path.cwd()) as tmp:
+        rows = [charging(Path(tmp), readings, how, args.seconds) for how in feeds]
+    print(f"charging: {METERS} billed meters every {PERIOD_S} s, {args.seconds:g} s of readings")
+    for row in rows:
+        print(
+            f"  {row['feed']:<20} {row['billed_readings']} readings ({row['readings_per_s']}/s):"
+            f" {row['durable_commits_per_reading']} durable commits/reading,"
+            f" written {row['written_bytes_per_reading']} B/reading"
+            f" = {row['written_mb_per_hour']} MB/h at {PER_SECOND:.1f} readings/s"
+        )
+    print(json.dumps({"charging": rows}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--csv", type=Path, default=DEFAULT_CSV, help="readings CSV (32 meters)")
@@ -167,7 +290,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readings", type=int, default=200_000, help="throughput readings")
     parser.add_argument("--threads", type=int, default=4, help="submitting threads")
     parser.add_argument("--durable", type=int, default=200, help="durable commits to time")
+    parser.add_argument(
+        "--charging", action="store_true", help="billed readings through a Charger instead"
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=60.0, help="--charging: seconds of readings measured"
+    )
     args = parser.parse_args(argv)
+    if args.charging:
+        return charging_main(args)
     readings = load(args.csv, METERS // 32)
     with tempfile.TemporaryDirectory(prefix="bench-store-", dir=args.dir or Path.cwd()) as tmp:
         folder = Path(tmp)

@@ -13,6 +13,7 @@ can take anything else (a retry) from its queue."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ import pytest
 from polling import wait_for
 from test_charging_memory import Bench, reading
 
+from gateway.store import Store
 from gateway.store.writer import StoreWriter
 
 
@@ -126,3 +128,42 @@ def test_a_failing_reading_leaves_its_group_committed_and_is_retried(
     ]
     assert bench.sql("SELECT count(*) FROM readings") == [(6,)]
     assert not bench.store.writer.stats().failing
+
+
+def test_a_call_that_rolls_back_its_group_fails_alone(tmp_path: Path) -> None:
+    # at the writer: the calls and records around it are written once, in one commit
+    store = Store.open(tmp_path / "w.db", gateway_id="gw")
+    try:
+        writer = store.writer
+        writer.call(lambda db: db.execute("CREATE TABLE t (x INTEGER)"), durable=True).result(10)
+        writer.call(
+            lambda db: db.execute(
+                "CREATE TRIGGER boom BEFORE INSERT ON t WHEN NEW.x = 2"
+                " BEGIN SELECT RAISE(ROLLBACK, 'injected failure'); END"
+            )
+        ).result(10)
+        before = writer.stats()
+        release = hold(writer)
+        try:
+            store.submit(reading("m1", 1, 10))
+            futures = [
+                writer.call(lambda db, x=x: db.execute("INSERT INTO t VALUES (?)", (x,)).rowcount,
+                            durable=True)
+                for x in (1, 2, 3)
+            ]  # fmt: skip
+            store.submit(reading("m1", 2, 20))
+        finally:
+            release.set()
+        assert futures[0].result(10) == futures[2].result(10) == 1
+        with pytest.raises(sqlite3.IntegrityError, match="injected failure"):
+            futures[1].result(10)
+        assert store.flush(10)
+        after = writer.stats()
+        assert after.durable_transactions == before.durable_transactions + 1
+        assert after.failures == before.failures + 1 and not after.failing
+        rows = writer.call(lambda db: db.execute("SELECT x FROM t").fetchall()).result(10)
+        assert rows == [(1,), (3,)]
+        count = writer.call(lambda db: db.execute("SELECT count(*) FROM readings").fetchone())
+        assert count.result(10) == (2,)
+    finally:
+        store.close()
