@@ -295,18 +295,17 @@ def cpu() -> float:
 @contextlib.contextmanager
 def simulator(tmp: Path, n: int) -> Iterator[Path]:
     (tmp / "sim.yaml").write_text(sim_yaml(str(tmp), n))
+    with sim_process(tmp) as sock:
+        yield sock
+
+
+@contextlib.contextmanager
+def sim_process(tmp: Path) -> Iterator[Path]:
+    """``gateway sim`` on ``tmp/sim.yaml`` in its own process; its control socket."""
     sock = tmp / "control.sock"
+    command = [sys.executable, "-m", "gateway", "sim", "--config", str(tmp / "sim.yaml")]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "sim",
-            "--config",
-            str(tmp / "sim.yaml"),
-            "--control",
-            str(sock),
-        ],
+        [*command, "--control", str(sock)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

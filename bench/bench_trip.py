@@ -36,22 +36,18 @@ ratio latency / goal is printed (<= 1 meets it).  The last line printed is JSON.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import platform
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_poll import control, log_since
+from bench_poll import control, log_since, sim_process
 
 from gateway.config import parse_config
 from gateway.poller import PollSettings
@@ -205,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-trip-") as tmpdir:
         tmp = Path(tmpdir)
         (tmp / "sim.yaml").write_text(sim_yaml(str(tmp), n))
-        with simulator(tmp) as sock:
+        with sim_process(tmp) as sock:
             store = tmp / "gw.db"
             config = parse_config(gateway_yaml(str(tmp), n, str(store)), "bench.yaml")
             rt = Runtime(
@@ -275,28 +271,6 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps(figures))
     return 0 if open_ == len(ids) else 1
-
-
-@contextlib.contextmanager
-def simulator(tmp: Path) -> Iterator[Path]:
-    """``gateway sim`` on ``tmp/sim.yaml`` with a control socket (as bench_poll's)."""
-    sock = tmp / "control.sock"
-    command = [sys.executable, "-m", "gateway", "sim", "--config", str(tmp / "sim.yaml")]
-    proc = subprocess.Popen(
-        [*command, "--control", str(sock)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while not sock.exists():
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("the simulator did not start")
-            time.sleep(0.05)
-        yield sock
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(10)
 
 
 if __name__ == "__main__":
