@@ -299,7 +299,9 @@ CHILD = textwrap.dedent(
 def test_sigkill_while_posting_leaves_no_reading_without_its_charge(tmp_path: Path) -> None:
     path, cfg = tmp_path / "gw.db", tmp_path / "gw.yaml"
     cfg.write_text(config_yaml("/dev/null", [(M("m1", "dl", "dlt645", 1), "A")]))
-    count, acked = 120, -1
+    # many more readings than the kills can let through: each run is cut short (a run of
+    # 120 once finished between reading 8 lines and the kill, on a fast fsync)
+    count, acked = 600, -1
     for kill in range(5):
         child = subprocess.Popen(
             [sys.executable, "-c", CHILD, str(path), str(cfg), str(count)],
