@@ -129,14 +129,11 @@ class StandInCharger:
 
 
 @dataclass
-class RelayBench:
+class SimTruth:
+    """A bench's simulator and its clock; what the simulated meters really did."""
+
     sim: Simulator
     clock: ManualClock
-    config: GatewayConfig
-    runtime: Runtime
-    relays: RelayController
-    charger: StandInCharger
-    events: ListJournal
 
     def relay_closed(self, meter: str) -> bool:
         closed = self.sim.truth(meter)["meters"][meter]["relay_closed"]
@@ -147,6 +144,15 @@ class RelayBench:
         wh = self.sim.truth(meter)["meters"][meter]["energy_import_wh"]
         assert isinstance(wh, int)
         return wh
+
+
+@dataclass
+class RelayBench(SimTruth):
+    config: GatewayConfig
+    runtime: Runtime
+    relays: RelayController
+    charger: StandInCharger
+    events: ListJournal
 
     def codes(self, code: int, meter: str | None = None) -> list[MeterEvent]:
         return [e for e in self.events.events(code) if meter in (None, e.meter)]
@@ -203,11 +209,9 @@ def relay_bench(
 
 
 @dataclass
-class ChargedBench:
+class ChargedBench(SimTruth):
     """A simulator and a gateway runtime with charging and relays wired (as ``gateway run``)."""
 
-    sim: Simulator
-    clock: ManualClock
     config: GatewayConfig
     runtime: Runtime
     store: Path
@@ -221,16 +225,6 @@ class ChargedBench:
     def charger(self) -> Charger:
         assert self.runtime.charger is not None
         return self.runtime.charger
-
-    def relay_closed(self, meter: str) -> bool:
-        closed = self.sim.truth(meter)["meters"][meter]["relay_closed"]
-        assert isinstance(closed, bool)
-        return closed
-
-    def energy(self, meter: str) -> int:
-        wh = self.sim.truth(meter)["meters"][meter]["energy_import_wh"]
-        assert isinstance(wh, int)
-        return wh
 
     def events(self, code: int, meter: str | None = None) -> list[MeterEvent]:
         with JournalReader(self.store) as reader:
