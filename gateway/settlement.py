@@ -30,6 +30,7 @@ energy in Wh x ratio.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
@@ -43,7 +44,7 @@ from gateway.config.model import GatewayConfig
 from gateway.protocols.batch import TaskKind, TaskStatus
 from gateway.protocols.quantities import Quantity
 from gateway.store.account_records import account_records, effective_accounts
-from gateway.store.meters import meter_records
+from gateway.store.meters import account_members
 
 __all__ = [
     "MeterSnapshot",
@@ -190,7 +191,7 @@ def _take(
     if all(a in stored for a in accounts):
         return [stored[a] for a in accounts]
     position = _position(db, at_ms)
-    members = _members(db, config)
+    members = account_members(db, config.meters)
     in_force = effective_accounts(config.accounts, account_records(db))
     tariffs = {a.id: a.tariff for a in in_force}
     out: list[Snapshot] = []
@@ -252,19 +253,6 @@ def _balance(db: Database, account: str, position: int) -> int:
     return int(row[0])
 
 
-def _members(db: Database, config: GatewayConfig) -> dict[str, dict[str, tuple[str, int]]]:
-    """account -> meter -> (status, ratio): the config's, overridden by the records."""
-    out: dict[str, dict[str, tuple[str, int]]] = {}
-    records = {r.meter: r for r in meter_records(db)}
-    for m in config.meters:
-        if m.account is not None and m.id not in records:
-            out.setdefault(m.account, {})[m.id] = ("active", m.ratio)
-    for r in records.values():
-        if r.account is not None:
-            out.setdefault(r.account, {})[r.meter] = (r.status, r.ratio)
-    return out
-
-
 def _meter(
     db: Database,
     meter: str,
@@ -304,7 +292,7 @@ def _meter(
 
 
 def _year_wh(
-    db: Database, account: str, at_ms: int, meters: dict[str, tuple[str, int]]
+    db: Database, account: str, at_ms: int, meters: Mapping[str, tuple[str, int]]
 ) -> int | None:
     row = db.execute(
         "SELECT year_wh, year_end_ms, closed_wh, closed_end_ms FROM rating_year WHERE account = ?",

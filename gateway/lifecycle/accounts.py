@@ -44,7 +44,7 @@ from gateway.store.ledger import (
     balance_of,
     ensure_account,
 )
-from gateway.store.meters import meter_records, record_of
+from gateway.store.meters import account_members, record_of
 
 __all__ = [
     "AccountResult",
@@ -208,16 +208,9 @@ def change_account(
 
 def _meters_of(db: Database, config: GatewayConfig, account: str) -> list[str]:
     """The meters still in service on ``account`` (configured or recorded)."""
-    records = {r.meter: r for r in meter_records(db)}
-    out = [
-        m.id
-        for m in config.meters
-        if m.account == account and m.role != "gate" and m.id not in records
-    ]
-    out += [
-        r.meter for r in records.values() if r.account == account and r.status in ("active", "held")
-    ]
-    return sorted(out)
+    billed = (m for m in config.meters if m.role != "gate")
+    members = account_members(db, billed).get(account, {})
+    return sorted(m for m, (status, _) in members.items() if status in ("active", "held"))
 
 
 def close_account(

@@ -12,16 +12,19 @@ The functions run inside a transaction the caller owns (a ``StoreWriter.call``).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
 from sqlite_utils import Database
 
+from gateway.config.model import Meter
 from gateway.errors import StoreError
 
 __all__ = [
     "MeterRecord",
     "MeterStatus",
+    "account_members",
     "chargeable",
     "hold",
     "meter_records",
@@ -95,6 +98,23 @@ def set_record(db: Database, record: MeterRecord) -> None:
             record.reason,
         ),
     )
+
+
+def account_members(
+    db: Database, configured: Iterable[Meter]
+) -> dict[str, dict[str, tuple[MeterStatus, int]]]:
+    """account -> meter -> (status, ratio) of every meter ever on it: the ``configured``
+    meters with an account (active, at their configured ratio), overridden by the
+    records (whatever their status, under the recorded account)."""
+    out: dict[str, dict[str, tuple[MeterStatus, int]]] = {}
+    records = {r.meter: r for r in meter_records(db)}
+    for m in configured:
+        if m.account is not None and m.id not in records:
+            out.setdefault(m.account, {})[m.id] = ("active", m.ratio)
+    for r in records.values():
+        if r.account is not None:
+            out.setdefault(r.account, {})[r.meter] = (r.status, r.ratio)
+    return out
 
 
 def chargeable(db: Database, meter: str) -> bool:
