@@ -83,15 +83,20 @@ def sim_yaml(buses: Sequence[tuple[str, str, int]], ms: Iterable[M]) -> str:
 def gateway_yaml(
     sim: Simulator, buses: Sequence[tuple[str, str, int]], ms: Iterable[M], store: str = "gw.db"
 ) -> str:
-    lines = ["gateway_id: test-gw", "serial_buses:"]
-    for name, protocol, baud in buses:
-        lines.append(
-            f"  - {{name: {name}, port: '{sim.bus(name).path}', protocol: {protocol},"
-            f" baud: {baud}, parity: E}}"
-        )
+    lines = ["gateway_id: test-gw", "serial_buses:", *bus_lines(sim, buses)]
     lines += ["meters:", *meter_lines((m, None) for m in ms)]
     lines += ["uplink: {host: localhost}", f"store: {{path: '{store}'}}"]
     return "\n".join(lines) + "\n"
+
+
+def bus_lines(sim: Simulator, buses: Iterable[tuple[str, str, int]]) -> list[str]:
+    """The gateway configuration's ``serial_buses:`` entries: (name, protocol, baud) on
+    the simulator's ports, 8E1."""
+    return [
+        f"  - {{name: {name}, port: '{sim.bus(name).path}', protocol: {protocol},"
+        f" baud: {baud}, parity: E}}"
+        for name, protocol, baud in buses
+    ]
 
 
 def meter_lines(ms: Iterable[tuple[M, str | None]]) -> list[str]:

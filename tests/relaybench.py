@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from polling import ListJournal, M, meter_lines, sim_yaml, wait_for
+from polling import ListJournal, M, bus_lines, meter_lines, sim_yaml, wait_for
 
 from gateway.charging import Charger
 from gateway.clock import ManualClock
@@ -37,12 +37,7 @@ def gateway_text(
     tariffs: str = "",
 ) -> str:
     """``accounts``: ids (prepaid, flat tariff) or whole YAML flow mappings."""
-    lines = ["gateway_id: test-gw", "serial_buses:"]
-    for name, protocol, baud in buses:
-        lines.append(
-            f"  - {{name: {name}, port: '{sim.bus(name).path}', protocol: {protocol},"
-            f" baud: {baud}, parity: E}}"
-        )
+    lines = ["gateway_id: test-gw", "serial_buses:", *bus_lines(sim, buses)]
     lines += ["meters:", *meter_lines(ms)]
     lines.append("accounts:")
     lines += [
