@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -223,3 +223,107 @@ def test_readings_beyond_max_queue_are_refused_never_durable_ones(tmp_path: Path
         assert store.flush(10)
         with store.reader() as reader:
             assert [r.ts_ms for _, r in reader.readings()] == [*range(50), 52]
+
+
+# --- lingering calls -------------------------------------------------------------------
+
+FAR = 600.0  # a linger no test waits out: a group holding only such calls never commits
+
+
+def insert(x: int) -> Callable[[Database], int]:
+    """A call inserting ``x`` into t; it returns the synchronous level it ran under."""
+
+    def run(db: Database) -> int:
+        db.execute("INSERT INTO t VALUES (?)", (x,))
+        return int(db.execute("PRAGMA synchronous").fetchone()[0])
+
+    return run
+
+
+def table_t(store: Store) -> None:
+    store.writer.call(lambda db: db.execute("CREATE TABLE t (x INTEGER)"), durable=True).result(10)
+
+
+def rows_of_t(store: Store) -> list[tuple[int]]:
+    return store.writer.call(lambda db: db.execute("SELECT x FROM t").fetchall()).result(10)
+
+
+def test_lingering_calls_within_the_window_share_one_durable_commit(store: Store) -> None:
+    table_t(store)
+    before = store.stats()
+    first = [store.writer.call(insert(x), durable=True, linger=FAR) for x in (1, 2)]
+    store.submit(Reading("m", 1))
+    # the last one's window ends first: it commits the group, nothing else cuts it
+    last = store.writer.call(insert(3), durable=True, linger=0.05)
+    assert [f.result(30) for f in (*first, last)] == [2, 2, 2]  # under synchronous=FULL
+    after = store.stats()
+    assert after.durable_transactions == before.durable_transactions + 1
+    assert after.transactions == before.transactions + 1
+    assert after.records_written == before.records_written + 1
+    assert rows_of_t(store) == [(1,), (2,), (3,)]
+
+
+def test_an_immediate_durable_call_cuts_the_window_short(store: Store) -> None:
+    table_t(store)
+    before = store.stats()
+    lingering = [store.writer.call(insert(x), durable=True, linger=FAR) for x in (1, 2)]
+    store.submit(Reading("m", 1))
+    assert not any(f.done() for f in lingering)
+    # a top-up, say: it commits at once and takes the lingering calls along
+    assert store.writer.call(insert(3), durable=True).result(30) == 2
+    assert all(f.done() and f.result() == 2 for f in lingering)
+    after = store.stats()
+    assert after.durable_transactions == before.durable_transactions + 1
+    assert after.transactions == before.transactions + 1
+    assert rows_of_t(store) == [(1,), (2,), (3,)]
+    with store.reader() as reader:
+        assert reader.count(Kind.READINGS) == 1
+
+
+@pytest.mark.parametrize("how", ["flush", "nudge", "close"])
+def test_flush_nudge_and_close_commit_lingering_calls(tmp_path: Path, how: str) -> None:
+    store = Store.open(tmp_path / "s.db", gateway_id="gw")
+    table_t(store)
+    try:
+        futures = [store.writer.call(insert(x), durable=True, linger=FAR) for x in (1, 2)]
+        if how == "flush":
+            assert store.flush(30)
+        elif how == "nudge":
+            store.writer.nudge()
+        else:
+            store.close(timeout=30)
+        assert [f.result(30) for f in futures] == [2, 2]
+    finally:
+        store.close()
+    with Store.open(tmp_path / "s.db", gateway_id="gw") as again:
+        assert rows_of_t(again) == [(1,), (2,)]
+
+
+@pytest.mark.parametrize("how", ["ABORT", "ROLLBACK"])
+def test_a_failing_lingering_call_fails_alone(store: Store, how: str) -> None:
+    table_t(store)
+    store.writer.call(
+        lambda db: db.execute(
+            "CREATE TRIGGER boom BEFORE INSERT ON t WHEN NEW.x = 2"
+            f" BEGIN SELECT RAISE({how}, 'injected failure'); END"
+        )
+    ).result(10)
+    before = store.stats()
+    store.submit(Reading("m", 1))
+    futures = [store.writer.call(insert(x), durable=True, linger=FAR) for x in (1, 2, 3)]
+    store.submit(Reading("m", 2))
+    assert store.flush(30)
+    assert futures[0].result(10) == futures[2].result(10) == 2
+    with pytest.raises(sqlite3.IntegrityError, match="injected failure"):
+        futures[1].result(10)
+    after = store.stats()
+    assert after.durable_transactions == before.durable_transactions + 1
+    assert not after.failing
+    assert rows_of_t(store) == [(1,), (3,)]
+    with store.reader() as reader:
+        assert [r.ts_ms for _, r in reader.readings()] == [1, 2]
+
+
+def test_a_negative_linger_is_refused(store: Store) -> None:
+    with pytest.raises(ValueError, match="linger"):
+        store.writer.call(lambda db: None, durable=True, linger=-1.0)

@@ -8,6 +8,16 @@ groups, never corrupt the file).  A durable submission, a call, a flush or close
 the gathering at once; a group that holds a durable item commits with
 ``synchronous=FULL`` and its future completes only after that commit.
 
+A call may *linger* (``call(fn, durable=True, linger=s)``): it does not end the
+gathering at once but lets it go on for up to ``s`` seconds from the call, for company
+(other lingering calls, records), so that many durable calls share one fsync.  The
+group commits at the earliest deadline of what it holds (``max_delay`` from its start
+for records, each lingering call's own), or at once when an immediate item joins it
+(a call without linger, a durable submission, a flush, close): an immediate durable
+call never waits for the lingering ones, it takes them along.  Only a caller that can
+lose the lingering call's work in a power cut without harm should linger (see
+:class:`gateway.charging.Charger`); its future completes, as any, after the commit.
+
 Queued calls (:meth:`StoreWriter.call`) share the group transaction, each in its own
 savepoint: one that fails is rolled back alone and its future fails; one whose error
 rolled back the whole transaction fails alone too, and the rest of the group is
@@ -89,6 +99,8 @@ class _Call:
     future: Future[Any]
     durable: bool = False
     after: Callable[[Any], None] | None = None
+    due: float | None = None
+    """Lingering: the ``time.monotonic()`` by which its group must commit (None: at once)."""
 
 
 @dataclass(slots=True)
@@ -119,6 +131,15 @@ _Outcome = tuple[Future[Any], Callable[[Any], None] | None, Any, BaseException |
 
 def _size(item: _Item) -> int:
     return len(item.rows) if isinstance(item, _Records | _Durable) else 0
+
+
+def _due(item: _Item, records_due: float) -> float:
+    """When the group holding ``item`` must commit at the latest (-inf: at once)."""
+    if isinstance(item, _Records):
+        return records_due
+    if isinstance(item, _Call) and item.due is not None:
+        return item.due
+    return float("-inf")
 
 
 def _durable(items: list[_Item]) -> bool:
@@ -209,14 +230,20 @@ class StoreWriter:
         *,
         durable: bool = False,
         after: Callable[[T], None] | None = None,
+        linger: float = 0.0,
     ) -> Future[T]:
         """Run ``fn(db)`` on the writer thread inside the group transaction (a savepoint).
 
         The future gets its result after the commit, or its exception (the savepoint is
         rolled back, the rest of the group commits).  ``after(result)`` runs after commit.
+        ``linger`` > 0: the group may wait up to that many seconds from now for company
+        before it commits (see the module docstring); 0: it commits at once.
         """
+        if not linger >= 0:
+            raise ValueError("linger must be >= 0")
         future: Future[T] = Future()
-        self._put(_Call(fn, future, durable, after), 0)
+        due = time.monotonic() + linger if linger > 0 else None
+        self._put(_Call(fn, future, durable, after, due), 0)
         return future
 
     def mark_acknowledged(self, kind: Kind, up_to: int) -> Future[int]:
@@ -251,6 +278,12 @@ class StoreWriter:
         item = _Flush()
         self._put(item, 0)
         return item.done.wait(timeout) and item.ok
+
+    def nudge(self) -> None:
+        """Commit what is queued now, lingering calls included, without waiting for it
+        (:meth:`flush` that does not wait); nothing when the writer is closed."""
+        with contextlib.suppress(StoreError):
+            self._put(_Flush(), 0)
 
     def close(self, timeout: float | None = None) -> None:
         """Commit everything queued, then stop the thread and close the connection.
@@ -360,17 +393,18 @@ class StoreWriter:
                 item.done.set()
 
     def _collect(self, wait: float | None) -> list[_Item]:
-        """The next group: the first item (waiting up to ``wait``), then what joins it."""
+        """The next group: the first item (waiting up to ``wait``), then what joins it
+        until the earliest deadline of its items (an immediate one: what is queued)."""
         try:
             first = self._queue.get(timeout=wait)
         except queue.Empty:
             return []
         items = [first]
         count = _size(first)
-        urgent = not isinstance(first, _Records)
-        deadline = time.monotonic() + self._max_delay
+        records_due = time.monotonic() + self._max_delay
+        deadline = _due(first, records_due)
         while count < self._max_batch and not isinstance(items[-1], _Stop):
-            remaining = 0.0 if urgent else deadline - time.monotonic()
+            remaining = deadline - time.monotonic()
             try:
                 if remaining <= 0:
                     item = self._queue.get_nowait()
@@ -380,7 +414,7 @@ class StoreWriter:
                 break
             items.append(item)
             count += _size(item)
-            urgent = urgent or not isinstance(item, _Records)
+            deadline = min(deadline, _due(item, records_due))
         return items
 
     def _commit_with_retry(self, items: list[_Item], *, count: bool = True) -> bool:
