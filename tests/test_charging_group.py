@@ -305,14 +305,14 @@ def linger_child(path: Path, cfg: Path, first: int, committed: int, last: int) -
     ]
 
 
-def disk(path: Path) -> tuple[list[int], int, list[str]]:
+def disk(path: Path) -> tuple[list[int], int, list[object]]:
     """(the readings' indexes, account A's balance, check_balances) on disk."""
     db = Database(sqlite3.connect(path))
     try:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         ts = [int(t) for (t,) in db.execute("SELECT ts_ms FROM readings ORDER BY id")]
         balance = db.execute("SELECT balance FROM accounts WHERE id = 'A'").fetchone()[0]
-        return [(t - T0) // 1000 for t in ts], int(balance), check_balances(db)
+        return [(t - T0) // 1000 for t in ts], int(balance), list(check_balances(db))
     finally:
         db.conn.close()
 
