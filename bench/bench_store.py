@@ -25,7 +25,10 @@ CSV at its own pace, ``--seconds`` of it in real time (what a gateway sees: the 
 reads each bus's 32 meters within 0.4 s at the start of each 15 s cycle, the four
 buses in step); and the
 same 4 threads as fast as they can (readings queue while the writer fsyncs, and the
-writer commits the queued jobs together, each in its own savepoint).
+writer commits the queued jobs together, each in its own savepoint).  The last two
+twice: with the Charger's ``linger`` 0 (each reading's transaction commits as soon as
+the writer is free) and ``--linger`` seconds (it waits that long for company: a
+polling cycle's readings share one fsync).
 
 The store lives in ``--dir`` (default: a temporary directory under the current one,
 so on the same disk).  The last line printed is JSON.
@@ -197,22 +200,25 @@ def charging_config(readings: list[Reading]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def charging(folder: Path, readings: list[Reading], how: str, seconds: float) -> dict[str, object]:
-    """Durable commits and bytes written per billed reading, fed ``how``."""
+def charging(
+    folder: Path, readings: list[Reading], how: str, seconds: float, linger: float
+) -> dict[str, object]:
+    """Durable commits and bytes written per billed reading, fed ``how``, the charger's
+    transactions lingering ``linger`` seconds."""
     config = parse_config(charging_config(readings), "bench.yaml")
     t0 = readings[0].ts_ms
     warm = [r for r in readings if r.ts_ms < t0 + PERIOD_S * 1000]
     rest = [
         r for r in readings if t0 + PERIOD_S * 1000 <= r.ts_ms < t0 + (PERIOD_S + seconds) * 1000
     ]
-    path = folder / f"charging-{how.replace(' ', '-')}.db"
+    path = folder / f"charging-{how.replace(' ', '-')}-{linger:g}.db"
     day = datetime.fromtimestamp(t0 / 1000, UTC).date()
     with Store.open(path, gateway_id="bench", now_ms=lambda: t0) as store:
         store.writer.call(
             lambda db: sync_accounts(db, config.accounts, opened_day=day, opened_ms=0),
             durable=True,
         ).result(60)
-        charger = Charger(store.writer, config, now_ms=lambda: t0)
+        charger = Charger(store.writer, config, now_ms=lambda: t0, linger=linger)
         try:
             for account in config.accounts:
                 top_up = TopUp(f"fund-{account.id}", account.id, EntryKind.TOP_UP, 10**8, t0)
@@ -257,6 +263,7 @@ def charging(folder: Path, readings: list[Reading], how: str, seconds: float) ->
     commits = after.durable_transactions - before.durable_transactions
     return {
         "feed": how,
+        "linger_s": linger,
         "billed_readings": billed,
         "readings_per_s": round(billed / wall, 1),
         "durable_commits": commits,
@@ -268,13 +275,19 @@ def charging(folder: Path, readings: list[Reading], how: str, seconds: float) ->
 
 def charging_main(args: argparse.Namespace) -> int:
     readings = load(args.csv, BUSES)
-    feeds = ("one at a time", "real rate", "as fast as possible")
+    feeds = [("one at a time", 0.0)]
+    feeds += [
+        (how, linger)
+        for how in ("real rate", "as fast as possible")
+        for linger in (0.0, args.linger)
+    ]
     with tempfile.TemporaryDirectory(prefix="bench-store-", dir=args.dir or Path.cwd()) as tmp:
-        rows = [charging(Path(tmp), readings, how, args.seconds) for how in feeds]
+        rows = [charging(Path(tmp), readings, how, args.seconds, linger) for how, linger in feeds]
     print(f"charging: {METERS} billed meters every {PERIOD_S} s, {args.seconds:g} s of readings")
     for row in rows:
         print(
-            f"  {row['feed']:<20} {row['billed_readings']} readings ({row['readings_per_s']}/s):"
+            f"  {row['feed']:<20} linger {row['linger_s']:<4g}"
+            f" {row['billed_readings']} readings ({row['readings_per_s']}/s):"
             f" {row['durable_commits_per_reading']} durable commits/reading,"
             f" written {row['written_bytes_per_reading']} B/reading"
             f" = {row['written_mb_per_hour']} MB/h at {PER_SECOND:.1f} readings/s"
@@ -295,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--seconds", type=float, default=60.0, help="--charging: seconds of readings measured"
+    )
+    parser.add_argument(
+        "--linger", type=float, default=1.0, help="--charging: the charger's linger, s (1.0)"
     )
     args = parser.parse_args(argv)
     if args.charging:
