@@ -180,7 +180,7 @@ def test_meta_names_the_store(store: Store) -> None:
     assert meta.gateway_id == "gw-test"
     assert meta.created_ms == 1_000
     assert 1 <= meta.epoch < 2**63
-    assert meta.schema_version == 10  # ... prepaid state, tariff versions, account records
+    assert meta.schema_version == 11  # ... tariff versions, account records, work-order numbers
 
 
 def test_typed_reads_per_kind(store: Store) -> None:

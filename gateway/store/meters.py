@@ -1,10 +1,13 @@
-"""A meter's standing where the store knows better than the configuration (migration 7).
+"""A meter's standing where the store knows better than the configuration (migrations 7, 11).
 
 The configuration lists the meters and their accounts; the meter lifecycle
 (:mod:`gateway.lifecycle`) records here what happened since: a meter *removed* (no
 further charging), *replaced* by another (``replaced_by``), *held* (its nameplate number
 changed without a work order: its readings are journaled but not charged until a person
-confirms) or *active* again.  A meter with no row is as the configuration says.
+confirms) or *active* again.  A meter with no row is as the configuration says.  A
+replacement or addition may record the new meter's nameplate number (``meter_number``,
+12 digits, migration 11): the poller's METER_NUMBER_CHANGED to that number is the work
+order's own swap (:func:`expects_number`), not a swap without a work order.
 
 The functions run inside a transaction the caller owns (a ``StoreWriter.call``).
 :func:`chargeable` is what charging asks before rating a reading.
@@ -26,7 +29,9 @@ __all__ = [
     "MeterStatus",
     "account_members",
     "chargeable",
+    "expects_number",
     "hold",
+    "is_meter_number",
     "meter_records",
     "record_of",
     "set_record",
@@ -34,7 +39,7 @@ __all__ = [
 
 MeterStatus = Literal["active", "removed", "replaced", "held"]
 _STATUSES = ("active", "removed", "replaced", "held")
-_COLUMNS = "meter, account, status, ratio, since_ms, replaced_by, replaces, reason"
+_COLUMNS = "meter, account, status, ratio, since_ms, replaced_by, replaces, reason, meter_number"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,10 +54,27 @@ class MeterRecord:
     replaced_by: str | None = None  #: replaced: the meter that took its place
     replaces: str | None = None  #: a replacement: the meter it took the place of
     reason: str = ""
+    meter_number: str | None = None  #: the nameplate number its work order gave (12 digits)
+
+
+def is_meter_number(text: object) -> bool:
+    """Whether ``text`` is a nameplate number as DL/T 645 DI 04000402 holds it: 12 digits."""
+    return isinstance(text, str) and len(text) == 12 and text.isascii() and text.isdigit()
+
+
+def expects_number(record: MeterRecord | None, number: object) -> bool:
+    """Whether ``number`` (a METER_NUMBER_CHANGED's new number) is the one the meter's
+    work order recorded for the active meter at this place."""
+    return (
+        record is not None
+        and record.status == "active"
+        and record.meter_number is not None
+        and record.meter_number == number
+    )
 
 
 def _record(row: tuple[object, ...]) -> MeterRecord:
-    meter, account, status, ratio, since, by, replaces, reason = row
+    meter, account, status, ratio, since, by, replaces, reason, number = row
     if status not in _STATUSES:
         raise StoreError(f"meter {meter}: unknown status {status!r}")
     return MeterRecord(
@@ -64,6 +86,7 @@ def _record(row: tuple[object, ...]) -> MeterRecord:
         None if by is None else str(by),
         None if replaces is None else str(replaces),
         str(reason),
+        None if number is None else str(number),
     )
 
 
@@ -85,8 +108,10 @@ def set_record(db: Database, record: MeterRecord) -> None:
         raise StoreError(f"meter {record.meter}: unknown status {record.status!r}")
     if type(record.ratio) is not int or record.ratio < 1:
         raise StoreError(f"meter {record.meter}: ratio must be a positive integer")
+    if record.meter_number is not None and not is_meter_number(record.meter_number):
+        raise StoreError(f"meter {record.meter}: meter number must be 12 digits")
     db.execute(
-        f"INSERT OR REPLACE INTO meter_records ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT OR REPLACE INTO meter_records ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             record.meter,
             record.account,
@@ -96,6 +121,7 @@ def set_record(db: Database, record: MeterRecord) -> None:
             record.replaced_by,
             record.replaces,
             record.reason,
+            record.meter_number,
         ),
     )
 

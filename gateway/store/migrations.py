@@ -291,3 +291,11 @@ def _accounts_and_years(db: Database) -> None:
         " meters INTEGER NOT NULL, amount INTEGER NOT NULL)",
     ):
         db.execute(statement)
+
+
+@JOURNAL(11, "a meter's nameplate number from its work order")
+def _work_order_numbers(db: Database) -> None:
+    # gateway.store.meters: the nameplate number (DL/T 645 DI 04000402, 12 digits) a
+    # replacement or addition said the meter at this place has (NULL: not given); a
+    # METER_NUMBER_CHANGED to it is the work order's swap, not held (gateway.charging).
+    db.execute("ALTER TABLE meter_records ADD COLUMN meter_number TEXT")
