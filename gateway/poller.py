@@ -32,7 +32,8 @@ compared with the meter's previous ones:
   ``number_check_every`` seconds; a change is event METER_NUMBER_CHANGED (old, new)
   and the next reading is flagged FLAG_DISCONTINUITY unless the one that revealed the
   swap already was.  Until a person confirms the new meter (:meth:`Poller.confirm`)
-  its status shows ``swapped``.
+  its status shows ``swapped``; a new number a work order recorded is confirmed at
+  once (the charger's number listener, wired by :class:`gateway.runtime.Runtime`).
 """
 
 from __future__ import annotations
@@ -277,8 +278,8 @@ class Poller:
             return
         if state.number is not None and number != state.number:
             detail: dict[int | str, int | str] = {"old": state.number, "new": number}
+            state.number_changed = True  # before the event: its journal may confirm it at once
             self._event(state.id, self._ts_ms(), EventCode.METER_NUMBER_CHANGED, detail)
-            state.number_changed = True
             if not state.last_flags & FLAG_DISCONTINUITY:
                 state.discontinuity_pending = True
         state.number = number

@@ -41,7 +41,7 @@ from gateway.config import GatewayConfig
 from gateway.drivers.bus import Bus
 from gateway.drivers.registry import make_driver
 from gateway.poller import Journal, Poller, PollSettings
-from gateway.protocols.batch import HealthKind, HealthRecord
+from gateway.protocols.batch import HealthKind, HealthRecord, MeterEvent
 from gateway.relays import RelayController
 from gateway.relays.targets import targets as relay_targets
 from gateway.status import DEFAULT_SOCKET, StatusServer
@@ -138,6 +138,7 @@ class Runtime:
                 book = load_book(store.writer, self.config)  # + versions sent by command
                 self.charger = Charger(store.writer, self.config, book, now_ms=self.now_ms)
                 journal = self.charger
+                self.charger.add_number_listener(self._work_order_swap)
                 self.add_status("charging", self.charger.status)
                 self.add_status("tariffs", lambda: tariff_status(self.charger, self.clock.now))
                 if relay_targets(self.config):  # any meter can trip (accounts may change)
@@ -241,6 +242,12 @@ class Runtime:
     def bus_for(self, meter_id: str) -> Bus:
         """The bus a meter is on (KeyError for an unknown meter)."""
         return self.buses[self._bus_of[meter_id]]
+
+    def _work_order_swap(self, event: MeterEvent) -> None:
+        """The charger found a meter's new number to be its work order's: confirmed."""
+        poller = self.pollers.get(self._bus_of.get(event.meter, ""))
+        if poller is not None and event.meter in poller.meters:
+            poller.confirm(event.meter)
 
     def add_status(self, name: str, section: Callable[[], object]) -> None:
         """Add ``name: section()`` to every status answer (must be JSON-able, quick)."""

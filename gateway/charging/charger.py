@@ -10,7 +10,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from types import ModuleType
 from typing import Any, TypeVar
@@ -46,7 +46,7 @@ from gateway.store.ledger import (
     journal_with_charges,
     post_charges,
 )
-from gateway.store.meters import chargeable, hold
+from gateway.store.meters import MeterRecord, chargeable, expects_number, hold
 from gateway.store.writer import StoreWriter
 
 __all__ = ["Charger", "Listener"]
@@ -157,6 +157,8 @@ class Charger:
         self.tracker = StateTracker(self.default_thresholds)
         self.billing: dict[str, Billing] = {}
         self.held: tuple[str, ...] = ()  #: meters held (number changed), by id
+        self._numbered: dict[str, MeterRecord] = {}  #: active records with a work order's number
+        self._number_listeners: list[Callable[[MeterEvent], None]] = []
         self._meters_of: dict[str, tuple[str, ...]] = {}
         self._account_of: dict[str, str] = {}
         # the meters' and accounts' rating state: the fast path's arrays (gateway.charging.fast)
@@ -191,6 +193,8 @@ class Charger:
         """The poller's journal: a billed meter's reading is charged (a curve point is
         not a poll: stored only); anything else goes to the store writer."""
         if not isinstance(record, Reading):
+            if record.code == EventCode.METER_NUMBER_CHANGED and self._work_order(record):
+                return
             if record.code == EventCode.METER_NUMBER_CHANGED and record.meter in self.billing:
                 self._hold(record)
             else:
@@ -218,6 +222,35 @@ class Charger:
             return
         self._deliver()
         self._queue(job)
+
+    def _work_order(self, event: MeterEvent) -> bool:
+        """Whether the new number is the one the meter's work order recorded (a
+        replacement or addition with ``meter_number``, :func:`expects_number`): then the
+        swap is the work order's, the meter is not held, the event is journaled with
+        ``work_order: matched`` and the number listeners are told (the runtime clears
+        the poller's ``swapped`` flag).  Any other number: False (held as without)."""
+        with self._lock:
+            if not expects_number(self._numbered.get(event.meter), event.detail.get("new")):
+                return False
+            listeners = list(self._number_listeners)
+        self.writer.submit(replace(event, detail={**event.detail, "work_order": "matched"}))
+        _logger.info(
+            "charging: meter %s number %s is its work order's: not held",
+            event.meter,
+            event.detail.get("new"),
+        )
+        for fn in listeners:
+            try:
+                fn(event)
+            except Exception as exc:  # a listener's bug must not stop the bus
+                _logger.error("charging: number listener failed for %s: %r", event.meter, exc)
+        return True
+
+    def add_number_listener(self, fn: Callable[[MeterEvent], None]) -> None:
+        """Call ``fn(event)`` (on the poller's thread; must not block) for each
+        METER_NUMBER_CHANGED that matched the meter's work order (not held)."""
+        with self._lock:
+            self._number_listeners.append(fn)
 
     def _hold(self, event: MeterEvent) -> None:
         """The meter's number changed without a work order (domain.md): under the lock it
@@ -698,6 +731,7 @@ class Charger:
             )
         self.billing = billing
         self.held = tuple(sorted(m for m, r in snap.records.items() if r.status == "held"))
+        self._numbered = {m: r for m, r in snap.records.items() if r.meter_number is not None}
         self._meters_of = {a: tuple(sorted(ms)) for a, ms in meters_of.items()}
         self._account_of = account_of
         rating = Rating(self.book, self.calendar, engine=self.engine)

@@ -3,11 +3,11 @@
 ::
 
     gateway meter add     --config GW.yaml [--store PATH] METER --initial-kwh 12.34
-                          [--account ID] [--ratio N] --reason TEXT
+                          [--account ID] [--ratio N] [--meter-number N12] --reason TEXT
     gateway meter remove  --config GW.yaml [--store PATH] METER --final-kwh 1234.56
                           --reason TEXT [--refund] [--operator NAME] [--at ISO]
     gateway meter replace --config GW.yaml [--store PATH] OLD NEW (--final-kwh X | --dead)
-                          --initial-kwh Y [--new-ratio N] --reason TEXT
+                          --initial-kwh Y [--new-ratio N] [--meter-number N12] --reason TEXT
     gateway meter ct      --config GW.yaml [--store PATH] METER --final-kwh X
                           [--initial-kwh Y] --new-ct 50/5 --reason TEXT
     gateway meter dead    --config GW.yaml [--store PATH] METER
@@ -23,7 +23,9 @@ Run it with the gateway stopped (or tell the running one to reload): a running g
 keeps its own cache of balances; for a running gateway the master sends the same
 operations as the signed METER_CHANGE command (:mod:`gateway.commands.changes`).  After
 a replacement or CT change, update the configuration (the new meter, the new
-``ct_ratio``) before starting the gateway again.
+``ct_ratio``) before starting the gateway again.  ``--meter-number``: the new meter's
+nameplate number (12 digits, DI 04000402): recorded, so the gateway does not hold the
+meter when it reads that number (the work order's swap, no ``confirm`` needed).
 Exit status 2 when the action is refused (nothing is written).
 """
 
@@ -73,6 +75,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
             p.add_argument("--final-kwh", metavar="KWH", help="final register on the display")
         if name in ("add", "replace", "ct"):
             p.add_argument("--initial-kwh", metavar="KWH", help="the new register on the display")
+        if name in ("add", "replace"):
+            p.add_argument(
+                "--meter-number",
+                metavar="DIGITS",
+                help="the new meter's nameplate number (12 digits): its swap is not held",
+            )
         if name == "remove":
             p.add_argument(
                 "--refund", action="store_true", help="pay back a positive balance (to 0)"
@@ -212,6 +220,7 @@ def _act(args: argparse.Namespace, config: Any, store: Any) -> Any:
                 reason=args.reason,
                 ts_ms=ts_ms,
                 operator=args.operator,
+                meter_number=args.meter_number,
             )
         )
     if action == "confirm":
@@ -268,6 +277,7 @@ def _act(args: argparse.Namespace, config: Any, store: Any) -> Any:
                 ts_ms=ts_ms,
                 operator=args.operator,
                 calendar=calendar,
+                meter_number=args.meter_number,
             )
         )
     if action == "ct":

@@ -10,16 +10,23 @@ i.e. the register x the meter's ratio; integers):
 
 ``METER_CHANGE``: ``op`` and ``meter``, ``reason`` (text, required), ``operator``;
 
-- ``add``: ``initial_wh``; optional ``account`` (default the configuration's) and
-  ``ratio`` (default the record's, else the configuration's);
+- ``add``: ``initial_wh``; optional ``account`` (default the configuration's),
+  ``ratio`` (default the record's, else the configuration's) and ``meter_number``;
 - ``remove``: ``final_wh``, optional ``refund`` (bool, default false);
 - ``replace``: ``new`` (the new meter's id), ``final_wh`` (null: the old meter was
-  settled dead), ``initial_wh`` (the new meter's, x its ratio), optional ``new_ratio``;
+  settled dead), ``initial_wh`` (the new meter's, x its ratio), optional ``new_ratio``
+  and ``meter_number``;
 - ``ct``: ``final_wh`` (x the old ratio), ``initial_wh`` (x the new), ``new_ratio``;
 - ``dead``: ``final_wh`` (approved manual final reading) or ``estimated_wh`` (energy
   estimated since the last rated reading), ``approved_by``;
 - ``confirm``: ``approved_by``, optional ``charge_held`` (default true); the meter's
   poller stops showing it ``swapped``.
+
+``meter_number`` (text, 12 digits): the new meter's nameplate number.  It is recorded
+with the meter's record: when the poller then reads that number (METER_NUMBER_CHANGED)
+the swap is this work order's, so the meter is not held and needs no ``confirm``
+(:meth:`gateway.charging.Charger.add_number_listener`); if the poller has read it
+already (and the meter shows ``swapped``), the command itself clears the flag.
 
 ``ACCOUNT_CHANGE``: ``op`` and ``account``, ``reason``;
 
@@ -50,7 +57,7 @@ from gateway.errors import CommandRefused, LifecycleRefused
 from gateway.lifecycle.accounts import accounts_in_force
 from gateway.protocols.command import ArgValue, Command, CommandReply, ReasonCode
 from gateway.protocols.quantities import Quantity, Reading
-from gateway.store.meters import MeterRecord, record_of
+from gateway.store.meters import MeterRecord, is_meter_number, record_of
 
 if TYPE_CHECKING:
     from gateway.runtime import Runtime
@@ -86,6 +93,13 @@ def _wh(cmd: Command, name: str, default: Any = ...) -> Any:
     if value is not None and value is not default and value < 0:
         raise _bad(f"argument {name!r} must be >= 0 Wh")
     return value
+
+
+def _number(cmd: Command) -> str | None:
+    number: str | None = _arg(cmd, "meter_number", str, None)
+    if number is not None and not is_meter_number(number):
+        raise _bad(f"argument 'meter_number' {number!r} must be 12 digits")
+    return number
 
 
 def _plain(result: object) -> dict[str, ArgValue]:
@@ -165,6 +179,7 @@ def meter_change(rt: Runtime, cmd: Command) -> CommandReply:
         ratio = _arg(cmd, "ratio", int, None)
         if ratio is not None and ratio < 1:
             raise _bad("argument 'ratio' must be >= 1")
+        add_number = _number(cmd)
 
         def fn(db: Database) -> Any:
             record = record_of(db, meter)
@@ -186,6 +201,7 @@ def meter_change(rt: Runtime, cmd: Command) -> CommandReply:
                 ts_ms=ts_ms,
                 operator=operator,
                 reference=ref,
+                meter_number=add_number,
             )
 
     elif op == "remove":
@@ -214,6 +230,7 @@ def meter_change(rt: Runtime, cmd: Command) -> CommandReply:
         new_ratio = _arg(cmd, "new_ratio", int, None)
         if new_ratio is not None and new_ratio < 1:
             raise _bad("argument 'new_ratio' must be >= 1")
+        new_number = _number(cmd)
 
         def fn(db: Database) -> Any:
             old = billing(db)
@@ -232,6 +249,7 @@ def meter_change(rt: Runtime, cmd: Command) -> CommandReply:
                 operator=operator,
                 reference=ref,
                 calendar=calendar,
+                meter_number=new_number,
             )
 
     elif op == "ct":
@@ -304,6 +322,9 @@ def meter_change(rt: Runtime, cmd: Command) -> CommandReply:
         poller = rt.pollers.get(configured.bus)
         if poller is not None and meter in poller.meters:
             poller.confirm(meter)  # the person at the meter: no longer "swapped"
+    number = cmd.args.get("meter_number")
+    if op in ("add", "replace") and result is not None and number is not None:
+        _swapped_as_ordered(rt, str(cmd.args.get("new", meter)), str(number))
     if result is None:
         return _ok(cmd, f"{op} {meter} was already done by this command", {"op": op})
     out = {"op": op, **_plain(result)}
@@ -316,6 +337,16 @@ def meter_change(rt: Runtime, cmd: Command) -> CommandReply:
         )
     _log.info("commands: meter-change %s %s done", op, meter)
     return _ok(cmd, text, out)
+
+
+def _swapped_as_ordered(rt: Runtime, meter: str, number: str) -> None:
+    """The poller read the work order's number before the work order came (it shows the
+    meter ``swapped``): the work order is the confirmation."""
+    bus = next((m.bus for m in rt.config.meters if m.id == meter), None)
+    poller = rt.pollers.get(bus) if bus is not None else None
+    state = poller.meters.get(meter) if poller is not None else None
+    if poller is not None and state is not None and state.number == number:
+        poller.confirm(meter)
 
 
 # -- ACCOUNT_CHANGE ------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from gateway.lifecycle.base import (  # the package's shared steps
 )
 from gateway.protocols.quantities import EventCode, Reading
 from gateway.store.ledger import journal_with_charges
-from gateway.store.meters import MeterRecord, record_of, set_record
+from gateway.store.meters import MeterRecord, is_meter_number, record_of, set_record
 
 __all__ = ["add_meter", "change_ct", "remove_meter", "replace_meter"]
 
@@ -51,14 +51,17 @@ def add_meter(
     ts_ms: int,
     operator: str = "",
     reference: str | None = None,
+    meter_number: str | None = None,
 ) -> MeterRecord:
     """Add ``meter`` (加表) to ``billing.account`` with ``billing.ratio``: ``initial`` (its
     start register x ratio, read at installation) is its baseline, nothing is charged up
     to it.  A meter removed before may be added again (to any account): its rounding
     accumulators start afresh.  A meter in service is refused; one polled already keeps
-    its newer baseline."""
+    its newer baseline.  ``meter_number``: its nameplate number (12 digits), recorded so
+    that the poller's METER_NUMBER_CHANGED to it is not held (the work order's swap)."""
     if not reason.strip():
         raise LifecycleRefused("adding a meter needs a reason")
+    _check_number(meter_number)
     if billing.meter != meter or initial.meter != meter:
         raise LifecycleRefused(f"billing and reading must be meter {meter}'s")
     initial_wh = _energy(initial, "the start reading")
@@ -70,9 +73,23 @@ def add_meter(
     ref = _begin(db, "add", meter, ts_ms, reference)
     journal_with_charges(db, initial, ())
     save_state(db, meter, initial.ts_ms, initial_wh, {})
-    added = MeterRecord(meter, billing.account, "active", billing.ratio, ts_ms, reason=reason)
+    added = MeterRecord(
+        meter,
+        billing.account,
+        "active",
+        billing.ratio,
+        ts_ms,
+        reason=reason,
+        meter_number=meter_number,
+    )
     set_record(db, added)
-    detail = {"account": billing.account, "initial_wh": initial_wh, "ratio": billing.ratio}
+    detail: dict[str, object] = {
+        "account": billing.account,
+        "initial_wh": initial_wh,
+        "ratio": billing.ratio,
+    }
+    if meter_number is not None:
+        detail["meter_number"] = meter_number
     _log(db, ref, "add", meter, ts_ms, {**detail, "reason": reason, "operator": operator})
     _logger.info(
         "meter %s added to account %s: ratio %d, start %d Wh (%s)",
@@ -83,6 +100,11 @@ def add_meter(
         reason,
     )
     return added
+
+
+def _check_number(meter_number: str | None) -> None:
+    if meter_number is not None and not is_meter_number(meter_number):
+        raise LifecycleRefused(f"meter number {meter_number!r} must be 12 digits")
 
 
 # --- removal ------------------------------------------------------------------------------
@@ -156,6 +178,7 @@ def replace_meter(
     reference: str | None = None,
     engine: ModuleType | None = None,
     calendar: BillingYear | None = None,
+    meter_number: str | None = None,
 ) -> ReplacementResult:
     """Replace ``old`` by ``new`` on the same account (see the module's description).
 
@@ -163,10 +186,13 @@ def replace_meter(
     with the new id: same tariff, ratio and protocol).  ``old_final`` may be None only for
     a meter settled dead before (:func:`settle_dead_meter`).  ``new == old`` is a new
     meter at the same position (a site label as id): done as :func:`change_ct` with the
-    new billing's ratio.
+    new billing's ratio.  ``meter_number``: the new meter's nameplate number (12 digits),
+    recorded with its record: the poller's METER_NUMBER_CHANGED to it is the work order's
+    swap, not held (:func:`gateway.store.meters.expects_number`).
     """
     if not reason.strip():
         raise LifecycleRefused("a replacement needs a reason")
+    _check_number(meter_number)
     nb = new_billing or replace(billing, meter=new)
     if new == old:  # a new meter at the same position (the id is a site label)
         if old_final is None:
@@ -185,6 +211,7 @@ def replace_meter(
             reference=reference,
             engine=engine,
             calendar=calendar,
+            meter_number=meter_number,
         )
     if nb.meter != new or nb.account != billing.account:
         raise LifecycleRefused(f"the new meter {new} must be billed to account {billing.account}")
@@ -226,7 +253,17 @@ def replace_meter(
         ),
     )
     set_record(
-        db, MeterRecord(new, nb.account, "active", nb.ratio, ts_ms, replaces=old, reason=reason)
+        db,
+        MeterRecord(
+            new,
+            nb.account,
+            "active",
+            nb.ratio,
+            ts_ms,
+            replaces=old,
+            reason=reason,
+            meter_number=meter_number,
+        ),
     )
     entries = done.entries if done is not None else ()
     year_wh = _year_wh(db, billing.account)
@@ -241,6 +278,8 @@ def replace_meter(
         "year_wh": year_wh,
         "reason": reason,
     }
+    if meter_number is not None:
+        detail["meter_number"] = meter_number
     _event(db, old, ts_ms, EventCode.METER_REPLACED, detail)
     _log(db, ref, "replace", old, ts_ms, {**detail, "operator": operator})
     return ReplacementResult(
@@ -272,13 +311,17 @@ def change_ct(
     reference: str | None = None,
     engine: ModuleType | None = None,
     calendar: BillingYear | None = None,
+    meter_number: str | None = None,
 ) -> ReplacementResult:
     """A CT-ratio change: final at the old ratio charged, the baseline at the new one.
 
     ``billing`` is the meter's at the OLD ratio; both readings are register x their ratio.
     The meter's record becomes active with ``new_ratio`` (a held meter is thereby
-    confirmed: the technician is at the meter).
+    confirmed: the technician is at the meter).  ``meter_number``: the nameplate number
+    of a new meter fitted under the same id (:func:`replace_meter`), recorded as there;
+    without it the number recorded before is kept.
     """
+    _check_number(meter_number)
     if type(new_ratio) is not int or new_ratio < 1:
         raise LifecycleRefused("the new ratio must be a positive integer")
     if not reason.strip():
@@ -288,14 +331,27 @@ def change_ct(
     initial_wh = _energy(initial_at_new_ratio, "the initial reading")
     if initial_at_new_ratio.ts_ms < final_at_old_ratio.ts_ms:
         raise LifecycleRefused("the initial reading is dated before the final one")
-    _open_record(db, meter, billing)
+    before = _open_record(db, meter, billing)
+    if meter_number is None and before is not None:
+        meter_number = before.meter_number
     ref = _begin(db, "ct", meter, ts_ms, reference)
     done = _final(db, final_at_old_ratio, billing, book, engine, calendar)
     state = load_state(db, meter)
     totals = dict(state.totals) if state is not None else {}
     position, _ = journal_with_charges(db, initial_at_new_ratio, ())
     save_state(db, meter, initial_at_new_ratio.ts_ms, initial_wh, totals)
-    set_record(db, MeterRecord(meter, billing.account, "active", new_ratio, ts_ms, reason=reason))
+    set_record(
+        db,
+        MeterRecord(
+            meter,
+            billing.account,
+            "active",
+            new_ratio,
+            ts_ms,
+            reason=reason,
+            meter_number=meter_number,
+        ),
+    )
     year_wh = _year_wh(db, billing.account)
     charged = _charged(done.entries)
     detail: dict[int | str, int | str] = {
@@ -308,6 +364,8 @@ def change_ct(
         "charged": charged,
         "reason": reason,
     }
+    if meter_number is not None:
+        detail["meter_number"] = meter_number
     _event(db, meter, ts_ms, EventCode.METER_REPLACED, detail)
     _log(db, ref, "ct", meter, ts_ms, {**detail, "operator": operator})
     return ReplacementResult(
