@@ -6,23 +6,6 @@ goes to the meter's bus at :attr:`~gateway.drivers.jobs.Priority.RELAY`, ahead o
 poll, so it is on the wire right after the transaction in hand (design.md, "A trip
 action does not wait for the store").
 
-Every command is confirmed by the meter: ``confirm_delay_s`` after it was carried out
-(or refused, or unanswered) the relay's position is read back (status word 3 bit 4, or
-the Modbus profile's relay register), also at RELAY priority.  Not in the wanted
-position: the command is sent again, up to ``confirm_attempts`` sends, then a
-``RELAY_UNCONFIRMED`` event and a status alarm; further rounds follow at doubling
-intervals (ten times ``confirm_delay_s``, up to 15 minutes) while the trip or close is
-still wanted, and a confirmation clears the alarm.  A DL/T 645 command the meter
-refuses (or that cannot be encoded) makes the controller read the meter's clock once:
-a meter checks the validity deadline against its own clock, and ours may be untrusted
-or the meter's off, so when the two differ by more than a minute the later deadlines of
-that meter follow its clock.  A close-allow (1B) the meter accepted
-waits for the tenant's button: the position is read back at growing intervals (up to a
-minute) until it shows closed.  Each confirmed trip and close is a ``RELAY_TRIPPED`` /
-``RELAY_CLOSED`` event with the balance that caused it, written with the remembered
-position in one durable transaction; once every meter of an account is confirmed closed
-the charger is told (:meth:`Charger.relay_closed`).
-
 Which accounts trip, and which meters are theirs, is asked of the charger when a
 decision is made (:meth:`Charger.trips_on_arrears`, ``meters_of``, ``account_of``): an
 account opened or changed by an ACCOUNT_CHANGE command trips like a configured one, and
@@ -41,48 +24,40 @@ evaluated on the injected clock).
 
 What is remembered (store migration 6, :mod:`gateway.relays.memory`): protect mode set
 by :meth:`set_protect` (it overrides the config's ``protect``), each meter's commanded
-position and the storm stop.  At :meth:`start` the relays of every account that trips on
-arrears are read back and reconciled with the charger's state (which the charger keeps
-on disk with each reading): a due account's closed relay is tripped, an open relay of an
-account that may close is closed.  An open relay of an account the charger does not hold
-tripped (a SIGKILL between a trip and its reading's transaction reaching the disk: the
-next poll charges that energy again) is looked at again after two poll intervals (at
-least 5 s) and closed if the balance is then above the close-allow level.  A due
-account's relay found open, or a may-close account's found closed, that the store does
-not remember so (a kill between the confirmation and its record) is recorded then, with
-reason ``restart``.
+position and the storm stop.
+
+The controller's parts: :mod:`gateway.relays.operation` (one meter's trip or close: send,
+read back, confirm, retry), :mod:`gateway.relays.reconcile` (at restart and after the
+charger reloads), :mod:`gateway.relays.records` (events, remembered positions, alarms).
 """
 
 from __future__ import annotations
 
-import functools
 import heapq
 import itertools
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import CancelledError, Future
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from gateway.clock import Clock, monotonic
 from gateway.config import GatewayConfig
-from gateway.drivers.jobs import BusHandle, JobResult, Priority
+from gateway.drivers.jobs import BusHandle
 from gateway.prepaid import PrepaidState, StateChange
-from gateway.protocols.batch import MeterEvent
 from gateway.protocols.quantities import EventCode
 from gateway.relays import memory
 from gateway.relays.memory import Position
+from gateway.relays.operation import Operations, RelayOp
 from gateway.relays.policy import QuietPolicy, quiet_until
+from gateway.relays.reconcile import RECHECK_MIN_S, Reconciliation
+from gateway.relays.records import Journal, Records
 from gateway.relays.storm import StormGuard
-from gateway.relays.targets import RelayTarget, targets
-from gateway.store.ledger import journal_with_charges
+from gateway.relays.targets import targets
 
 if TYPE_CHECKING:
-    from sqlite_utils import Database
-
     from gateway.charging import Charger
     from gateway.store.writer import StoreWriter
 
@@ -90,46 +65,8 @@ __all__ = ["RelayController"]
 
 _logger = logging.getLogger(__name__)
 
-BUTTON_WAIT_MAX_S = 60.0
-"""Longest pause between read-backs while a close-allow waits for the tenant's button."""
-RECHECK_MIN_S = 5.0
-"""Least wait before an open relay of an account the charger does not hold tripped is
-looked at again after a restart (then: twice the poll interval)."""
-CLOCK_SLACK_S = 60.0
-"""A meter clock this close to ours is taken as ours (deadlines from our clock)."""
-RETRY_MAX_S = 900.0
-"""Longest pause between rounds of sends for a relay that stays unconfirmed (the first
-pause is ten times ``confirm_delay_s``, at least 1 s, doubling)."""
-READ_TIMEOUT_S = 30.0
-"""How long the restart reconciliation and a relay test wait for one bus job."""
 
-
-class Journal(Protocol):
-    def submit(self, record: MeterEvent) -> None: ...
-
-
-@dataclass(eq=False)
-class _Op:
-    """One trip or close of one meter, from its first send to its confirmation."""
-
-    target: RelayTarget
-    account: str | None
-    open: bool
-    balance: int | None
-    reason: str
-    allow: bool = False
-    sends: int = 0
-    acknowledged: bool = False
-    waits: int = 0
-    cause: str | None = None
-    cancelled: bool = False
-    round: int = 0
-    clock_read: bool = False
-    """0 for the first round of sends; then the retries after an unconfirmed round."""
-    done: Future[bool] = field(default_factory=Future)
-
-
-class RelayController:
+class RelayController(Operations, Reconciliation, Records):
     """Trips and closes relays from the charger's state changes; see the module doc."""
 
     def __init__(
@@ -168,7 +105,7 @@ class RelayController:
         self._unrecorded: set[str] = set()
         """Meters found open at start while their account was not due: if it falls due,
         the trip that opened them is recorded then (a kill lost its reading and record)."""
-        self._ops: dict[str, _Op] = {}
+        self._ops: dict[str, RelayOp] = {}
         self._delayed: dict[str, tuple[datetime, tuple[str, ...]]] = {}
         self._blocked: dict[str, str] = {}
         self._alarms: list[dict[str, object]] = []
@@ -325,7 +262,7 @@ class RelayController:
 
         def run() -> None:
             timeout = self._op_timeout()
-            trip = _Op(target, account, True, None, "test")
+            trip = RelayOp(target, account, True, None, "test")
             self._start(trip)
             tripped = _wait(trip.done, timeout)
             if account is not None and self.charger.state(account) in (
@@ -337,7 +274,7 @@ class RelayController:
                      "error": "the account fell due during the test"}
                 )  # fmt: skip
                 return
-            close = _Op(target, account, False, None, "test")
+            close = RelayOp(target, account, False, None, "test")
             self._start(close)
             closed = _wait(close.done, timeout)
             out.set_result(
@@ -407,7 +344,7 @@ class RelayController:
     ) -> None:
         if not self.trips(account) or not any(m in self.targets for m in meters):
             return  # nothing to trip (a meter added later is tripped after the reload)
-        ops: list[_Op] = []
+        ops: list[RelayOp] = []
         with self._lock:
             if count_storm and not self.storm.stopped:
                 self.storm.accounts = len(self.trip_accounts())
@@ -469,7 +406,7 @@ class RelayController:
                             sends=0,
                         )
                     continue  # already tripped
-                ops.append(_Op(target, account, True, balance, reason))
+                ops.append(RelayOp(target, account, True, balance, reason))
         for op in ops:
             self._start(op)
 
@@ -481,7 +418,7 @@ class RelayController:
                 target = self.targets.get(meter)
                 if target is not None:
                     ops.append(
-                        _Op(target, account, False, balance, reason, allow=target.allows(allow))
+                        RelayOp(target, account, False, balance, reason, allow=target.allows(allow))
                     )
         for op in ops:
             self._start(op)
@@ -530,329 +467,6 @@ class RelayController:
         known = self._positions.get(meter)
         return known is not None and known.open
 
-    # --- one meter's operation ------------------------------------------------------------
-
-    def _start(self, op: _Op) -> None:
-        with self._lock:
-            if self._stopping:
-                op.done.set_result(False)
-                return
-            old = self._ops.get(op.target.id)
-            if old is not None:
-                old.cancelled = True
-                if not old.done.done():
-                    old.done.set_result(False)
-            self._ops[op.target.id] = op
-        self._send(op)
-
-    def _send(self, op: _Op) -> None:
-        op.sends += 1
-        if op.sends > 1:
-            with self._lock:
-                self.counts["resends"] += 1
-        now = self.clock.local()
-        offset = self._meter_offsets.get(op.target.id)
-        if offset is not None:
-            now += offset
-        valid_until = now + timedelta(seconds=self.settings.trip_valid_s)
-        job = op.target.command(open_=op.open, allow=op.allow, valid_until=valid_until)
-        try:
-            bus = self.buses(op.target.id)
-        except KeyError:
-            self._unconfirmed(op, None)
-            return
-        future = bus.submit(job, Priority.RELAY)
-        future.add_done_callback(lambda f: self._sent(op, f))
-
-    def _sent(self, op: _Op, future: Future[JobResult]) -> None:
-        if op.cancelled or future.cancelled():
-            return
-        result = future.result()
-        if result.ok:
-            op.acknowledged = True
-        else:
-            op.cause = result.cause or result.error
-            _logger.warning(
-                "relays: %s of meter %s not carried out (send %d): %s",
-                "trip" if op.open else "close",
-                op.target.id,
-                op.sends,
-                result.error,
-            )
-            clock_read = op.target.clock_read()
-            refused = result.cause is None or result.cause.startswith("negative")
-            if clock_read is not None and refused and not op.clock_read:
-                # refused (a deadline past by the meter's clock?) or not encodable (our
-                # clock's year): base the next deadlines on the meter's own clock
-                op.clock_read = True
-                asked = self.clock.local()
-                read = self.buses(op.target.id).submit(clock_read, Priority.RELAY)
-                read.add_done_callback(lambda f: self._clock(op, asked, f))
-        self._later(self.settings.confirm_delay_s, lambda: self._readback(op))
-
-    def _clock(self, op: _Op, asked: datetime, future: Future[JobResult]) -> None:
-        if future.cancelled():
-            return
-        meter_time = op.target.clock(future.result())
-        if meter_time is None:
-            return
-        offset = meter_time - asked.replace(tzinfo=None, microsecond=0)
-        with self._lock:
-            if abs(offset) < timedelta(seconds=CLOCK_SLACK_S):
-                self._meter_offsets.pop(op.target.id, None)
-                return
-            self._meter_offsets[op.target.id] = offset
-        _logger.warning(
-            "relays: meter %s's clock is %+d s from ours: its deadlines follow its clock",
-            op.target.id,
-            int(offset.total_seconds()),
-        )
-
-    def _readback(self, op: _Op) -> None:
-        if op.cancelled:
-            return
-        future = self.buses(op.target.id).submit(op.target.readback(), Priority.RELAY)
-        future.add_done_callback(lambda f: self._read(op, f))
-
-    def _read(self, op: _Op, future: Future[JobResult]) -> None:
-        if op.cancelled or future.cancelled():
-            return
-        result = future.result()
-        is_open = op.target.is_open(result)
-        if is_open is op.open:
-            self._confirmed(op)
-            return
-        if not result.ok:
-            op.cause = result.cause or result.error
-        if not op.open and op.allow and op.acknowledged and is_open is not None:
-            op.waits += 1  # close-allow accepted: the tenant has to press the button
-            delay = min(BUTTON_WAIT_MAX_S, self.settings.confirm_delay_s * 2 ** min(op.waits, 8))
-            self._later(delay, lambda: self._readback(op))
-            return
-        if op.sends < self.settings.confirm_attempts:
-            self._send(op)
-            return
-        self._unconfirmed(op, is_open)
-
-    def _confirmed(self, op: _Op) -> None:
-        meter = op.target.id
-        with self._lock:
-            if self._ops.get(meter) is op:
-                del self._ops[meter]
-            self._unrecorded.discard(meter)
-            position = Position(op.account, op.open, True, op.balance, self._now_ms())
-            self._positions[meter] = position
-            self._alarms = [
-                a
-                for a in self._alarms
-                if not (a.get("kind") == "unconfirmed" and a.get("meter") == meter)
-            ]
-            self.counts["trips" if op.open else "closes"] += 1
-        detail: dict[str, int | str] = {"reason": op.reason, "sends": op.sends}
-        if not op.open:
-            detail["mode"] = "allow" if op.allow else "direct"
-        self._record(
-            meter,
-            position,
-            EventCode.RELAY_TRIPPED if op.open else EventCode.RELAY_CLOSED,
-            account=op.account,
-            balance=op.balance,
-            **detail,
-        )
-        _logger.info(
-            "relays: meter %s %s (account %s, balance %s, %s)",
-            meter,
-            "tripped" if op.open else "closed",
-            op.account,
-            op.balance,
-            op.reason,
-        )
-        if not op.done.done():
-            op.done.set_result(True)
-        if not op.open and op.account is not None and op.reason != "test":
-            self._maybe_all_closed(op.account)
-
-    def _maybe_all_closed(self, account: str) -> None:
-        meters = [m for m in self.charger.meters_of(account) if m in self.targets]
-        with self._lock:
-            closed = all(
-                (p := self._positions.get(m)) is not None
-                and not p.open
-                and p.confirmed
-                and m not in self._ops
-                for m in meters
-            )
-        if closed:
-            self.charger.relay_closed(account)
-
-    def _unconfirmed(self, op: _Op, is_open: bool | None) -> None:
-        meter = op.target.id
-        where = "unknown" if is_open is None else "open" if is_open else "closed"
-        with self._lock:
-            if self._ops.get(meter) is op:
-                del self._ops[meter]
-            if is_open is not None:
-                self._positions[meter] = Position(
-                    op.account, is_open, True, op.balance, self._now_ms()
-                )
-            else:
-                self._positions[meter] = Position(
-                    op.account, op.open, False, op.balance, self._now_ms()
-                )
-            position = self._positions[meter]
-            self.counts["unconfirmed"] += 1
-            self._alarms = [
-                a
-                for a in self._alarms
-                if not (a.get("kind") == "unconfirmed" and a.get("meter") == meter)
-            ]
-            self._alarm(
-                "unconfirmed",
-                meter=meter,
-                account=op.account or "",
-                action="trip" if op.open else "close",
-                position=where,
-                cause=op.cause or "",
-                rounds=op.round + 1,
-            )
-        if not op.done.done():
-            op.done.set_result(False)
-        if op.reason != "test":
-            delay = min(RETRY_MAX_S, self._retry_s * 2**op.round)
-            self._later(delay, functools.partial(self._retry, op))
-        if op.round:
-            self._record(meter, position, None)
-            _logger.warning(
-                "relays: %s of meter %s still unconfirmed (round %d, %s)",
-                "trip" if op.open else "close",
-                meter,
-                op.round + 1,
-                op.cause,
-            )
-            return
-        self._record(
-            meter,
-            position,
-            EventCode.RELAY_UNCONFIRMED,
-            account=op.account,
-            action="trip" if op.open else "close",
-            balance=op.balance,
-            sends=op.sends,
-            position=where,
-            cause=op.cause or "",
-        )
-        _logger.error(
-            "relays: %s of meter %s unconfirmed after %d sends (relay %s, %s)",
-            "trip" if op.open else "close",
-            meter,
-            op.sends,
-            where,
-            op.cause,
-        )
-
-    def _retry(self, op: _Op) -> None:
-        """Another round for an unconfirmed trip or close, if it is still wanted (the
-        account still due, not protected, no storm; or no longer due, for a close)."""
-        account = op.account
-        meter = op.target.id
-        with self._lock:
-            if self._stopping or account is None or meter in self._ops:
-                return
-            held = self._protect.get(account, False) or self.storm.stopped
-        state = self.charger.state(account)
-        if op.open:
-            if state != PrepaidState.DUE_TO_TRIP or held:
-                return
-            if self.policy.active and quiet_until(self.policy, self.clock.local()) is not None:
-                self._later(self._retry_s, functools.partial(self._retry, op))
-                return
-        elif state == PrepaidState.DUE_TO_TRIP:
-            return
-        balance = self._balance(account)
-        again = _Op(op.target, account, op.open, balance, "retry", op.allow, round=op.round + 1)
-        self._start(again)
-
-    # --- restart reconciliation -------------------------------------------------------------
-
-    def _reconcile(self) -> None:
-        """Read back the relays of every account that trips on arrears and make them agree
-        with the charger's state (runs once, on the worker, after :meth:`start`)."""
-        timeout = READ_TIMEOUT_S
-        accounts = sorted(self.trip_accounts())
-        for account in accounts:
-            if self._stopping:
-                return
-            meters = [m for m in self.charger.meters_of(account) if m in self.targets]
-            if not meters:
-                continue
-            found: dict[str, bool] = {}
-            for meter in meters:
-                target = self.targets[meter]
-                try:
-                    result = self.buses(meter).submit(target.readback(), Priority.RELAY)
-                    is_open = target.is_open(result.result(timeout))
-                except (FutureTimeout, CancelledError, KeyError, RuntimeError):
-                    is_open = None
-                if is_open is not None:
-                    found[meter] = is_open
-            state = self.charger.state(account)
-            balance = self._balance(account)
-            for meter, is_open in found.items():
-                self._found(account, meter, is_open, state, balance)
-            if state == PrepaidState.DUE_TO_TRIP:
-                closed = [m for m in meters if found.get(m) is False]
-                if closed:
-                    self._due(account, closed, balance, "restart")
-                continue
-            opened = tuple(m for m in meters if found.get(m) is True)
-            if state == PrepaidState.MAY_CLOSE:
-                if opened:
-                    self._close(account, opened, balance, "restart")
-                else:
-                    self._maybe_all_closed(account)
-            elif opened:
-                # Open, yet the charger does not hold the account tripped: the reading that
-                # tripped it may not have reached the disk before a kill (its energy is
-                # charged again by the next poll), or someone else opened it.  Look again
-                # once the meters have been polled.
-                self._later(self._recheck_s, functools.partial(self._recheck, account, opened))
-        _logger.info("relays: reconciled %d accounts with their meters", len(accounts))
-
-    def _found(
-        self, account: str, meter: str, is_open: bool, state: PrepaidState, balance: int
-    ) -> None:
-        """Take a relay position read at start as known.  A due account's relay found open
-        (or a may-close account's found closed) that is not remembered so is a trip (a
-        close) whose record a kill lost: it is recorded now, reason ``restart``."""
-        position = Position(account, is_open, True, balance, self._now_ms())
-        with self._lock:
-            if meter in self._ops:
-                return
-            known = self._positions.get(meter)
-            self._positions[meter] = position
-            if is_open and state != PrepaidState.DUE_TO_TRIP:
-                self._unrecorded.add(meter)
-        remembered = known is not None and known.confirmed and known.open == is_open
-        if remembered:
-            return
-        if is_open and state == PrepaidState.DUE_TO_TRIP:
-            code: EventCode | None = EventCode.RELAY_TRIPPED
-        elif not is_open and state == PrepaidState.MAY_CLOSE:
-            code = EventCode.RELAY_CLOSED
-        else:
-            code = None
-        self._record(
-            meter, position, code, account=account, balance=balance, reason="restart", sends=0
-        )
-
-    def _recheck(self, account: str, meters: tuple[str, ...]) -> None:
-        state = self.charger.state(account)
-        balance = self._balance(account)
-        if state in (PrepaidState.DUE_TO_TRIP, PrepaidState.MAY_CLOSE):
-            return  # the charger's listener took it over
-        if balance > self._close_allow_of(account):
-            self._close(account, meters, balance, "restart")
-
     # --- the worker: timers and quiet-period ends -------------------------------------------
 
     def _later(self, seconds: float, fn: Callable[[], None]) -> None:
@@ -895,84 +509,6 @@ class RelayController:
             if self.charger.state(account) == PrepaidState.DUE_TO_TRIP:
                 balance = self._balance(account)
                 self._due(account, meters, balance, "quiet-ended", False)
-
-    def _reloaded(self) -> None:
-        """After the charger reloaded (a METER_CHANGE or ACCOUNT_CHANGE command): a relay
-        meter now charged to an account already due to trip gets no state change, so it
-        is tripped here (reason ``meter-added``), unless the account is held; a meter
-        tripped for one account and now charged to another that is not due is closed
-        (reason ``meter-moved``; a removed meter, charged to none, stays as it is)."""
-        seen = self._reloads()
-        if seen == self._reloads_seen:
-            return
-        self._reloads_seen = seen
-        for account in self.charger.accounts_in(PrepaidState.DUE_TO_TRIP):
-            if not self.trips(account):
-                continue
-            with self._lock:
-                if account in self._blocked or account in self._delayed:
-                    continue
-                meters = [
-                    m
-                    for m in self.charger.meters_of(account)
-                    if m in self.targets and not self._open_or_opening(m)
-                ]
-            if meters:
-                self._due(account, meters, self._balance(account), "meter-added", False)
-        with self._lock:
-            opened = [
-                (m, p.account)
-                for m, p in self._positions.items()
-                if p.open and p.confirmed and m not in self._ops
-            ]
-        for meter, was in opened:  # tripped for one account, now charged to another
-            now = self.charger.account_of(meter)
-            if now is None or now == was or self.charger.state(now) == PrepaidState.DUE_TO_TRIP:
-                continue
-            self._close(now, [meter], self._balance(now), "meter-moved")
-
-    # --- records --------------------------------------------------------------------------
-
-    def _now_ms(self) -> int:
-        return int(self.clock.now().timestamp() * 1000)
-
-    def _record(
-        self, meter: str, remember: Position, code: EventCode | None, **detail: int | str | None
-    ) -> None:
-        """Remember the position ``remember`` and record the event ``code`` (if any): in one durable
-        transaction when the journal is the store writer, so that neither survives a kill
-        without the other."""
-        event = None if code is None else self._make_event(meter, code, detail)
-        atomic = self.journal is self.writer
-        if event is not None and not atomic:
-            self.journal.submit(event)
-
-        def save(db: Database) -> None:
-            memory.save_position(db, meter, remember)
-            if event is not None and atomic:
-                journal_with_charges(db, event, ())
-
-        self.writer.call(save, durable=True)
-
-    def _make_event(
-        self, meter: str, code: EventCode, detail: dict[str, int | str | None]
-    ) -> MeterEvent:
-        clean: dict[int | str, int | str] = {k: v for k, v in detail.items() if v is not None}
-        return MeterEvent(meter, self._now_ms(), int(code), clean)
-
-    def _event(self, meter: str, code: EventCode, **detail: int | str | None) -> None:
-        self.journal.submit(self._make_event(meter, code, detail))
-
-    def _alarm(self, kind: str, **detail: int | str | None) -> None:
-        """Called with the lock held."""
-        alarm: dict[str, object] = {"kind": kind, "ts_ms": self._now_ms()}
-        alarm.update({k: v for k, v in detail.items() if v is not None})
-        self._alarms.append(alarm)
-        del self._alarms[:-50]
-
-    def _op_timeout(self) -> float:
-        s = self.settings
-        return s.confirm_attempts * (s.confirm_delay_s + READ_TIMEOUT_S) + 5
 
 
 def _wait(future: Future[bool], timeout: float) -> bool:
