@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from polling import START, M, sim_yaml, wait_for
@@ -264,3 +265,52 @@ def test_a_swapped_meter_is_confirmed_and_its_ct_changed_by_command(
         polled(rt, clock, 500)  # dl2: 3600 W
         used = register(sim, "dl2") - new_start  # whole 10 Wh: 85 each, no rounding
         assert used >= 490 and c.balance("A") == before - (2 * used * PRICE + 1000) // 2000
+
+
+def test_a_swap_with_its_work_order_by_command_needs_no_confirm(
+    broker: Mosquitto, tmp_path: Path, master_key: Ed25519PrivateKey
+) -> None:
+    """METER_CHANGE replace with ``meter_number``: the poller's METER_NUMBER_CHANGED to it
+    is not held, whether it comes after the work order or came before it."""
+    key = public_key_bytes(master_key)
+    clock = ManualClock(START)
+    with simulator(tmp_path, clock) as sim, gateway(tmp_path, sim, broker, key) as rt:
+        c, poller = rt.charger, rt.pollers["dl"]
+        assert c is not None
+
+        def replace_by(number: str, final_wh: int, initial_wh: int) -> Any:
+            return send(broker, command(rt, master_key, CommandKind.METER_CHANGE, {
+                "op": "replace", "meter": "dl1", "new": "dl1", "final_wh": final_wh,
+                "initial_wh": initial_wh, "meter_number": number,
+                "reason": "work order 31"}))  # fmt: skip
+
+        polled(rt, clock, 60)
+        bad = replace_by("99000000001", register(sim, "dl1"), 0)
+        assert (bad.status, bad.reason) == (ReplyStatus.REFUSED, ReasonCode.BAD_ARGUMENTS)
+        assert "12 digits" in bad.text
+        # the work order first (the line quiet while the technician swaps), then the poll
+        for bus in rt.buses.values():
+            bus.stop()
+        final = register(sim, "dl1")
+        sim.control("dl1", "swap", {"meter_number": "990000000011", "energy_import_wh": 2_000})
+        done = replace_by("990000000011", final, 2_000)
+        assert done.status == ReplyStatus.OK and done.result["new"] == "dl1", done
+        charged = c.balance("A")
+        for bus in rt.buses.values():
+            bus.start()
+        wait_for(lambda: poller.meters["dl1"].number == "990000000011", 10, "number read")
+        assert "dl1" in c.billing and c.status()["held"] == []
+        assert poller.status()["swapped"] == []
+        polled(rt, clock, 200)  # 1800 W: 100 Wh from the new meter's 2000
+        used = register(sim, "dl1") - 2_000
+        assert used >= 90 and c.balance("A") == charged - (2 * used * PRICE + 1000) // 2000
+        # the swap seen first (held, "swapped"), its work order after: no confirm needed
+        old_final = register(sim, "dl1")
+        sim.control("dl1", "swap", {"meter_number": "990000000012", "energy_import_wh": 0})
+        wait_for(lambda: "dl1" not in c.billing, 10, "dl1 held")
+        assert poller.status()["swapped"] == ["dl1"]
+        polled(rt, clock)
+        late = replace_by("990000000012", old_final, register(sim, "dl1"))
+        assert late.status == ReplyStatus.OK, late
+        assert "dl1" in c.billing and c.status()["held"] == []
+        assert poller.status()["swapped"] == []
