@@ -6,6 +6,7 @@ held as before."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,10 +15,13 @@ from pathlib import Path
 
 import cbor2
 import pytest
+from lifecycle_bench import Bench
+from lifecycle_bench import config_yaml as lifecycle_config
 from polling import START, M, sim_yaml, wait_for
 from sqlite_utils import Database
 from test_charging import FUND, PRICE, config_yaml, half_up, opened_store, reg
 
+from gateway.cli import main
 from gateway.clock import ManualClock
 from gateway.config import parse_config
 from gateway.errors import StoreError
@@ -206,3 +210,28 @@ def test_a_different_number_is_held_as_without_a_work_order(tmp_path: Path) -> N
         assert charger.balance("A") == FUND - half_up(pre, PRICE) - half_up(used_ok, PRICE)
         found = record(tmp_path / "gw.db")
         assert found is not None and found.status == "held"
+
+
+# --- the technician's command line ---------------------------------------------------------
+
+
+def test_cli_records_the_meter_number(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path, cfg = tmp_path / "gw.db", tmp_path / "gw.yaml"
+    cfg.write_text(lifecycle_config())
+    Bench(path).close()
+    common = ["--config", str(cfg), "--store", str(path), "--at", START.isoformat(), "--json"]
+    replace = ["meter", "replace", *common, "m1", "m1", "--final-kwh", "0", "--initial-kwh", "1"]
+    assert main([*replace, "--meter-number", "99000000001", "--reason", "swap"]) == 2
+    assert "12 digits" in capsys.readouterr().err
+    assert main([*replace, "--meter-number", NUMBER, "--reason", "work order 31"]) == 0
+    assert json.loads(capsys.readouterr().out)["new"] == "m1"
+    add = ["meter", "add", *common, "m2", "--initial-kwh", "2"]
+    assert main([*add, "--meter-number", "990000000002", "--reason", "new"]) == 0
+    assert json.loads(capsys.readouterr().out)["meter_number"] == "990000000002"
+    bench = Bench(path)
+    try:
+        records = {r.meter: r for r in bench.run(meter_records)}
+    finally:
+        bench.close()
+    assert records["m1"].meter_number == NUMBER and records["m1"].status == "active"
+    assert records["m2"].meter_number == "990000000002"
