@@ -12,6 +12,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
+import cbor2
 from polling import START, M, sim_yaml, wait_for
 from test_charging import FUND, PRICE, config_yaml, half_up, opened_store, reg
 
@@ -79,11 +80,13 @@ def test_a_swapped_meter_is_held_until_confirmed(tmp_path: Path) -> None:
             assert charger.balance("A") == FUND - half_up(pre, PRICE) - held_cost
             with sqlite3.connect(path) as conn:
                 events = conn.execute(
-                    "SELECT count(*) FROM events e JOIN meters m ON m.id = e.meter"
+                    "SELECT e.detail FROM events e JOIN meters m ON m.id = e.meter"
                     " WHERE m.name = 'sw' AND e.code = ?",
                     (int(EventCode.METER_NUMBER_CHANGED),),
-                ).fetchone()
-            assert events == (1,)  # journaled once, in the hold's transaction
+                ).fetchall()
+            assert len(events) == 1  # journaled once, in the hold's transaction
+            detail = cbor2.loads(events[0][0])  # no work order: no "work_order" match
+            assert detail == {"old": "000000000001", "new": "990000000001"}
             # a person confirms: the held stretch is charged from the new meter's first reading
             rec = charger.apply(
                 lambda db: confirm_meter(
