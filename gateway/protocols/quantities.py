@@ -115,7 +115,8 @@ class EventCode(IntEnum):
     COMM_RESTORED = 2
     """A flagged meter answers again; detail: failed polls, seconds down."""
     METER_NUMBER_CHANGED = 3
-    """DI 04000402 differs from the recorded number; detail: old, new."""
+    """DI 04000402 differs from the recorded number; detail: old, new (and ``work_order:
+    matched`` when new is the number a replacement/addition recorded: not held)."""
     REGISTER_ROLLOVER = 4
     """An energy register wrapped past its maximum; detail: quantity, old, new."""
     ENERGY_BACKWARDS = 5
