@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,19 +15,17 @@ import cbor2
 import pytest
 from lifecycle_bench import Bench
 from lifecycle_bench import config_yaml as lifecycle_config
-from polling import START, M, sim_yaml, wait_for
+from polling import START, wait_for
 from sqlite_utils import Database
-from test_charging import FUND, PRICE, config_yaml, half_up, opened_store, reg
+from test_charging import FUND, PRICE, half_up, reg
+from test_charging_hold import swap_bench
 
 from gateway.cli import main
 from gateway.clock import ManualClock
-from gateway.config import parse_config
 from gateway.errors import StoreError
 from gateway.lifecycle import billing_in, replace_meter
-from gateway.poller import PollSettings
 from gateway.protocols.quantities import EventCode, Quantity, Reading
 from gateway.runtime import Runtime
-from gateway.sim.config import parse_sim_config
 from gateway.sim.service import Simulator
 from gateway.store.meters import (
     MeterRecord,
@@ -64,34 +60,6 @@ def test_migration_11_records_a_meter_number() -> None:
 
 
 # --- end to end: the simulator's swap after (or before) the work order ---------------------
-
-
-@contextmanager
-def swap_bench(tmp_path: Path) -> Iterator[tuple[Runtime, Simulator, ManualClock]]:
-    """test_charging_hold's site: ``sw`` (5000 kWh, 3600 W) and ``ok`` on account A."""
-    ms: list[tuple[M, str | None]] = [
-        (M("sw", "dl", "dlt645", 1, energy_wh=5_000_000, watts=3_600, turnaround_ms=5), "A"),
-        (M("ok", "dl", "dlt645", 2, energy_wh=7_000, watts=1_800, turnaround_ms=5), "A"),
-    ]
-    clock = ManualClock(START)
-    sim_config = parse_sim_config(
-        sim_yaml([("dl", "dlt645", 38400)], [m for m, _ in ms]), "s.yaml", link_dir=str(tmp_path)
-    )
-    path = tmp_path / "gw.db"
-    with Simulator(sim_config, clock) as sim:
-        config = parse_config(config_yaml(sim.bus("dl").path, ms), "gw.yaml")
-        opened_store(path, config, FUND).close()
-        rt = Runtime(
-            config,
-            store_path=path,
-            clock=clock,
-            settings=PollSettings(interval=0, max_power_w=10**9),  # see test_charging
-            status_socket=None,
-            reopen_max=0.2,
-            charging=True,
-        )
-        with rt:
-            yield rt, sim, clock
 
 
 def step(rt: Runtime, clock: ManualClock, seconds: int) -> None:
