@@ -117,8 +117,9 @@ class Charger:
     meter's cumulative register, and the rating state on disk is the last COMMITTED
     reading's.  If power is cut while billed readings wait in a window they are simply
     not on disk: after restart the next reading's delta from the last committed one
-    charges exactly the same energy (the same tariff segments; the no-drift rule rates
-    cumulative totals), so no money is lost or charged twice; and nothing of them was
+    charges exactly the same energy (the no-drift rule rates cumulative totals), so no
+    energy is lost or charged twice; only on a time-of-use tariff without per-tariff
+    registers is the longer interval apportioned by time, as any gap is; and nothing of them was
     acknowledged to anyone (the trip decision is in memory, the relays reconcile at
     restart).  Top-ups, commands, lifecycle, prepaid-state and relay records are
     acknowledged to the master or to people: they stay immediate, and an immediate
