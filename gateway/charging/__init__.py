@@ -56,7 +56,7 @@ waits for the readings in flight, one of which may be the caller's).  Reads
 from __future__ import annotations
 
 from gateway.charging.charger import Charger, Listener
-from gateway.charging.rate import AccountYear, Billing, Rated, RatingRow, rate_reading
+from gateway.charging.rate import AccountYear, Billing, Rated, RatingRow, billing_of, rate_reading
 from gateway.charging.state import Charged, load_state, post_reading, save_state
 
 __all__ = [
@@ -67,6 +67,7 @@ __all__ = [
     "Listener",
     "Rated",
     "RatingRow",
+    "billing_of",
     "load_state",
     "post_reading",
     "rate_reading",

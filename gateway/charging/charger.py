@@ -19,7 +19,7 @@ from sqlite_utils import Database
 
 from gateway.billing import BillingYear, TariffBook
 from gateway.charging.fast import Rating
-from gateway.charging.rate import AccountYear, Billing, Rated
+from gateway.charging.rate import AccountYear, Billing, Rated, billing_of
 from gateway.charging.state import (
     Charged,
     Snapshot,
@@ -674,7 +674,6 @@ class Charger:
     def _rebuild(self, snap: Snapshot) -> None:
         config = self.config
         accounts = {a.id: a for a in effective_accounts(config.accounts, snap.account_records)}
-        buses = {b.name: b for b in config.serial_buses}
         default = snap.thresholds.get("", Thresholds.from_config(config.billing.thresholds))
         self.default_thresholds = default
         # The states are the store's at start; later the tracker in memory is the truth
@@ -708,28 +707,15 @@ class Charger:
             if record is not None and record.status != "active":
                 continue
             account_id = record.account if record is not None else meter.account
-            ratio = record.ratio if record is not None else meter.ratio
-            acc = accounts.get(account_id) if account_id else None
-            tariff = acc.tariff if acc is not None else None
             if account_id is None:
                 if config.billing.vacancy_tariff is None:
                     continue
-                account_id, tariff = VACANCY, config.billing.vacancy_tariff
+                account_id = VACANCY
             meters_of.setdefault(account_id, []).append(meter.id)
             account_of[meter.id] = account_id
-            cached = self._accounts.get(account_id)
-            if tariff is None or cached is None:
-                continue
-            bus = buses.get(meter.bus)
-            billing[meter.id] = Billing(
-                meter.id,
-                account_id,
-                tariff,
-                cached.type == "unbilled",
-                bus is not None and bus.protocol == "dlt645",
-                ratio,
-                acc.opened if acc is not None else None,
-            )
+            found = billing_of(config, meter.id, record, accounts.values())
+            if found is not None and account_id in self._accounts:
+                billing[meter.id] = found
         self.billing = billing
         self.held = tuple(sorted(m for m, r in snap.records.items() if r.status == "held"))
         self._numbered = {m: r for m, r in snap.records.items() if r.meter_number is not None}

@@ -11,7 +11,7 @@ rates in memory under its lock) is tested against, to the unit.  The rules are i
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from types import ModuleType
@@ -26,7 +26,7 @@ from gateway.billing import (
     TariffBook,
     rate,
 )
-from gateway.config.model import TouTariff
+from gateway.config.model import Account, GatewayConfig, TouTariff
 from gateway.poller import REGISTER_RANGE_WH
 from gateway.protocols.quantities import (
     FLAG_DISCONTINUITY,
@@ -35,8 +35,10 @@ from gateway.protocols.quantities import (
     Quantity,
     Reading,
 )
+from gateway.store.ledger import VACANCY
+from gateway.store.meters import MeterRecord
 
-__all__ = ["AccountYear", "Billing", "Rated", "RatingRow", "rate_reading", "when"]
+__all__ = ["AccountYear", "Billing", "Rated", "RatingRow", "billing_of", "rate_reading", "when"]
 
 _logger = logging.getLogger("gateway.charging")
 
@@ -72,6 +74,41 @@ class Billing:
     dlt645: bool
     ratio: int
     opened: date | None = None  #: the account's opening day (tier proration)
+
+
+def billing_of(
+    config: GatewayConfig,
+    meter: str,
+    record: MeterRecord | None,
+    accounts: Iterable[Account] | None = None,
+) -> Billing | None:
+    """How ``meter`` is billed whatever its standing (the Charger leaves held, removed and
+    replaced meters out of ``Charger.billing``): as configured, with the recorded account
+    and ratio; a meter with no account is the vacancy account's at
+    ``billing.vacancy_tariff``.  ``accounts``: the accounts in force (default the
+    configuration's; :func:`gateway.store.account_records.effective_accounts`).  None: not
+    billed (no tariff)."""
+    m = next((x for x in config.meters if x.id == meter), None)
+    if (m is None and record is None) or (m is not None and m.role == "gate"):
+        return None  # unknown, or an area's gate meter (关口表): never billed
+    account_id = record.account if record is not None else m.account if m is not None else None
+    ratio = record.ratio if record is not None else m.ratio if m is not None else 1
+    account = next((a for a in (accounts or config.accounts) if a.id == account_id), None)
+    tariff = account.tariff if account is not None else None
+    if account_id is None:
+        account_id, tariff = VACANCY, config.billing.vacancy_tariff
+    if tariff is None:
+        return None
+    bus = next((b for b in config.serial_buses if m is not None and b.name == m.bus), None)
+    return Billing(
+        meter,
+        account_id,
+        tariff,
+        account is not None and account.type == "unbilled",
+        bus is not None and bus.protocol == "dlt645",
+        ratio,
+        account.opened if account is not None else None,
+    )
 
 
 @dataclass(frozen=True, slots=True)

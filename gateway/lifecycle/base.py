@@ -7,7 +7,6 @@ The underscored helpers are the package's own (imported by :mod:`.swap` and
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -15,13 +14,11 @@ import cbor2
 from sqlite_utils import Database
 
 from gateway.billing import BillingYear, Running, SegmentKey, TariffBook
-from gateway.charging import Billing, Charged, post_reading
-from gateway.config.model import Account, GatewayConfig
+from gateway.charging import Billing, Charged, billing_of, post_reading
 from gateway.errors import LifecycleRefused
 from gateway.protocols.batch import LedgerEntry, MeterEvent
 from gateway.protocols.quantities import EventCode, Quantity, Reading
 from gateway.store.ledger import (
-    VACANCY,
     EntryKind,
     TopUp,
     apply_top_up,
@@ -182,41 +179,6 @@ def _merge(
         have = out.get(key, Running())
         out[key] = Running(have.energy_wh + run.energy_wh, have.posted + run.posted)
     return out
-
-
-def billing_of(
-    config: GatewayConfig,
-    meter: str,
-    record: MeterRecord | None,
-    accounts: Iterable[Account] | None = None,
-) -> Billing | None:
-    """How ``meter`` is billed whatever its standing (the Charger leaves held, removed and
-    replaced meters out of ``Charger.billing``): as configured, with the recorded account
-    and ratio; a meter with no account is the vacancy account's at
-    ``billing.vacancy_tariff``.  ``accounts``: the accounts in force (default the
-    configuration's; :func:`gateway.store.account_records.effective_accounts`).  None: not
-    billed (no tariff)."""
-    m = next((x for x in config.meters if x.id == meter), None)
-    if (m is None and record is None) or (m is not None and m.role == "gate"):
-        return None  # unknown, or an area's gate meter (关口表): never billed
-    account_id = record.account if record is not None else m.account if m is not None else None
-    ratio = record.ratio if record is not None else m.ratio if m is not None else 1
-    account = next((a for a in (accounts or config.accounts) if a.id == account_id), None)
-    tariff = account.tariff if account is not None else None
-    if account_id is None:
-        account_id, tariff = VACANCY, config.billing.vacancy_tariff
-    if tariff is None:
-        return None
-    bus = next((b for b in config.serial_buses if m is not None and b.name == m.bus), None)
-    return Billing(
-        meter,
-        account_id,
-        tariff,
-        account is not None and account.type == "unbilled",
-        bus is not None and bus.protocol == "dlt645",
-        ratio,
-        account.opened if account is not None else None,
-    )
 
 
 def _settled_dead(db: Database, meter: str) -> bool:
