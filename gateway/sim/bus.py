@@ -23,7 +23,8 @@ reply back, timed as on a wire:
   throughput benchmark).
 
 Faults (:class:`~gateway.sim.model.FaultState` of a meter, or a whole bus silent for
-a while) are applied here.  The bus log keeps the last ``log_size`` frames
+a while: at run time, or ``silent_s`` seconds from :meth:`SimBus.start`) are applied
+here.  The bus log keeps the last ``log_size`` frames
 (:class:`~gateway.sim.model.BusLogEntry`, bus time = ``time.monotonic``); the
 counters in :class:`BusCounters` never reset.
 
@@ -133,6 +134,7 @@ class SimBus:
         lock: threading.RLock | None = None,
         log_size: int = LOG_SIZE,
         seed: int = 0,
+        silent_s: float | None = None,
     ) -> None:
         if protocol not in ("modbus", "dlt645"):
             raise ValueError(f"protocol must be modbus or dlt645, not {protocol!r}")
@@ -155,6 +157,7 @@ class SimBus:
         self._log_lock = threading.Lock()
         self._rng = random.Random(seed)
         self._silent_until = -math.inf
+        self.silent_s = silent_s
         self._master = self._slave = -1
         self._wake_r = self._wake_w = -1
         self.pty_name: str | None = None
@@ -201,6 +204,8 @@ class SimBus:
         self._last_rx = 0.0
         self._line_end = -math.inf  # end of the last frame on the line
         self._reply: _Reply | None = None
+        if self.silent_s is not None and self.silent_s > 0:
+            self.set_silent(self.silent_s)  # from start, before any request can arrive
         self._thread = threading.Thread(target=self._run, name=f"sim-bus-{self.name}", daemon=True)
         self._thread.start()
 

@@ -91,6 +91,10 @@ class SimBusConfig:
     stop_bits: int = 1
     timing: bool = True  #: false: no collisions, replies at once (throughput bench)
     silent_gap_ms: float | None = None  #: None: Modbus t3.5 (1.75 ms above 19200 baud)
+    silent_s: float | None = None
+    """Seconds (real, monotonic time, not the simulated clock) from start during which no
+    meter on the bus answers, as a dead line would; None: never.  The control interface
+    (``clear`` of the bus) ends it early."""
 
     @property
     def line(self) -> LineSettings:
@@ -292,7 +296,7 @@ def _bus(r: Reader, node: Node, link_dir: str) -> Item:
     m.expect(
         [
             *("name", "link", "protocol", "baud", "data_bits", "parity", "stop_bits"),
-            *("timing", "silent_gap_ms"),
+            *("timing", "silent_gap_ms", "silent_s"),
         ]
     )
     link = m.get("link", string, name)
@@ -305,6 +309,7 @@ def _bus(r: Reader, node: Node, link_dir: str) -> Item:
         "stop_bits": m.get("stop_bits", integer(1, 2), 1),
         "timing": m.get("timing", boolean, True),
         "silent_gap_ms": m.get("silent_gap_ms", optional(number(0.0, 10_000.0)), None),
+        "silent_s": m.get("silent_s", optional(number(0.0, 1e9)), None),
     }
     if not m.ok:
         return None, m

@@ -111,6 +111,7 @@ class Simulator:
                 lock=self.lock,
                 log_size=log_size,
                 seed=i,
+                silent_s=bc.silent_s,
             )
         now = self.clock.now()
         self._area_start: dict[str, AreaSnapshot] = {
