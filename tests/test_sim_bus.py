@@ -158,6 +158,54 @@ def test_a_request_sent_too_early_collides(tmp_path: Path) -> None:
         assert bus.counters.transactions == 2
 
 
+def test_above_19200_baud_the_gap_is_a_fixed_1_75_ms(tmp_path: Path) -> None:
+    """At 38400 8N1 3.5 characters last 0.91 ms, but the gap is 1.75 ms: a request that
+    starts less than 1.75 ms after a reply's end collides, one after more does not."""
+    chars_3_5 = 3.5 * 10 / 38400
+    with bench(tmp_path, baud=38400, turnaround_ms=2) as sim:
+        bus = sim.bus("b")
+        assert bus.gap == pytest.approx(0.00175)
+        assert bus.status()["silent_gap_ms"] == 1.75
+        kinds = ["now", "1.2 ms", "3 ms"]  # how long after the reply the next request goes
+        seen: set[tuple[str, str]] = set()
+        with open_port(sim, timeout=0.05) as port:
+            assert len(transact(port, READ)) == READ_REPLY_BYTES
+            for attempt in range(60):
+                kind = kinds[attempt % 3]
+                if kind == "1.2 ms":  # between 3.5 characters and 1.75 ms
+                    spin_until = time.monotonic() + 0.0012
+                    while time.monotonic() < spin_until:
+                        pass
+                elif kind == "3 ms":
+                    time.sleep(0.003)
+                n = bus.log_total
+                got = transact(port, READ)
+                wait_for(lambda n=n: bus.log_total > n)
+                request = bus.log_since(n)[0][0]
+                seen.add((kind, request.result))
+                if request.result == "collision":
+                    assert got == b""
+                    time.sleep(0.01)  # let the line go quiet, then get a reply to follow
+                    assert len(transact(port, READ)) == READ_REPLY_BYTES
+                else:
+                    assert len(got) == READ_REPLY_BYTES
+                if {("now", "collision"), ("1.2 ms", "collision"), ("3 ms", "ok")} <= seen:
+                    break
+        entries = bus.entries()
+    # the rule, on every request that followed a reply (bus time, from the log)
+    follow = [(a, b) for a, b in itertools.pairwise(entries) if a.direction == "reply"]
+    intervals = {"collision": [], "ok": []}  # type: dict[str, list[float]]
+    for reply, request in follow:
+        assert request.direction == "request"
+        interval = request.start - reply.end
+        intervals[request.result].append(interval)
+        assert (request.result == "collision") == (interval < 0.00175 - 1e-6), interval
+    # a collision more than 3.5 characters after the reply: the gap is not t3.5 here
+    assert max(intervals["collision"]) > chars_3_5, intervals
+    assert min(intervals["ok"]) > 0.00175
+    assert {("now", "collision"), ("1.2 ms", "collision"), ("3 ms", "ok")} <= seen, seen
+
+
 def test_back_to_back_requests_collide_and_the_pending_reply_is_lost(sim: Simulator) -> None:
     with open_port(sim, timeout=0.2) as port:
         port.write(encode_request(READ) * 2)  # one write: the second frame has no gap

@@ -10,13 +10,16 @@ import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from datetime import time as dtime
 from pathlib import Path
 
 import pytest
+import serial
 
 from gateway import cli
 from gateway.clock import ManualClock
 from gateway.errors import ConfigError
+from gateway.protocols import dlt645
 from gateway.sim.config import example_sim_config_path, load_sim_config, parse_sim_config
 from gateway.sim.control import request
 from gateway.sim.service import Simulator
@@ -178,6 +181,72 @@ def test_control_socket(example: tuple[Simulator, ManualClock], tmp_path: Path) 
         assert answer["ok"] is False and error in answer["error"], answer
 
 
+SHOP = "000000220101"  # A101-shop in the example: close_mode button, password 000000
+
+
+def dlt645_over_the_pty(path: Path, event: dlt645.Event) -> dlt645.Event | None:
+    """One DL/T 645 request on the example's rs485-1 and its decoded reply (None: silence)."""
+    # pyserial cannot set even parity on a pty: open it 8N1 (design.md)
+    with serial.Serial(str(path), 2400, timeout=1.0) as port:
+        port.write(dlt645.encode(event, preamble=4))
+        framer = dlt645.Framer()
+        while True:
+            data = port.read(1)
+            if not data:
+                return None
+            events = framer.feed(data)
+            if events:
+                time.sleep(0.03)  # the master's silent gap (t3.5 is 16 ms at 2400 8E1)
+                return events[0]
+
+
+def test_control_socket_drift_and_button(
+    example: tuple[Simulator, ManualClock], tmp_path: Path
+) -> None:
+    sim, clock = example
+    sock, line = tmp_path / "ctl.sock", tmp_path / "rs485-1"
+
+    def meter(meter_id: str, action: str, args: dict[str, object]) -> dict[str, object]:
+        answer = request(sock, {"op": "meter", "meter": meter_id, "action": action, "args": args})
+        assert answer["ok"], answer
+        return answer["result"]  # type: ignore[no-any-return]
+
+    def truth(meter_id: str) -> dict[str, object]:
+        return request(sock, {"op": "truth", "meter": meter_id})["meters"][meter_id]  # type: ignore[no-any-return]
+
+    # clock drift: 60 s fast now, gaining 1000 ppm from now on (the config said 20 ppm)
+    assert truth("A101-store")["meter_time"] == "2024-06-01T12:00:00+08:00"
+    drift = meter("A101-store", "drift", {"ppm": 1000, "offset_s": 60})
+    assert drift == {"drift_ppm": 1000, "meter_time": "2024-06-01T12:01:00+08:00"}
+    clock.advance(1000)
+    store = truth("A101-store")
+    assert store["drift_ppm"] == 1000
+    assert store["meter_time"] == "2024-06-01T12:17:41+08:00"  # 12:00 + 60 s + 1000 s + 1 s
+    # ... and the meter says so on the wire (DI 04000102: hh:mm:ss)
+    reply = dlt645_over_the_pty(line, dlt645.ReadRequest("000000220102", 0x04000102))
+    assert isinstance(reply, dlt645.ReadReply), reply
+    assert dlt645.decode_value(0x04000102, reply.data) == dtime(12, 17, 41)
+    assert truth("A101-shop")["meter_time"] == "2024-06-01T12:16:40+08:00"  # no drift
+
+    # the button: closes the relay only after a close-allow (1C 1B) came over the line
+    assert meter("A101-shop", "button", {}) == {"closed": False, "relay_closed": True}
+    deadline = datetime(2024, 6, 1, 13, 0)  # meter-local, naive
+    trip = dlt645.RelayControl(SHOP, dlt645.RelayAction.TRIP, deadline)
+    assert isinstance(dlt645_over_the_pty(line, trip), dlt645.RelayReply)
+    assert truth("A101-shop")["relay_closed"] is False
+    assert meter("A101-shop", "button", {}) == {"closed": False, "relay_closed": False}
+    allow = dlt645.RelayControl(SHOP, dlt645.RelayAction.CLOSE_ALLOW, deadline)
+    assert isinstance(dlt645_over_the_pty(line, allow), dlt645.RelayReply)
+    shop = truth("A101-shop")
+    assert (shop["relay_closed"], shop["close_allowed"]) == (False, True)  # waits for the button
+    assert meter("A101-shop", "button", {}) == {"closed": True, "relay_closed": True}
+    shop = truth("A101-shop")
+    assert (shop["relay_closed"], shop["close_allowed"]) == (True, False)
+    assert meter("A101-shop", "button", {}) == {"closed": False, "relay_closed": True}  # used up
+    results = [(e.direction, e.result) for e in sim.bus("rs485-1").entries()]
+    assert results == [("request", "ok"), ("reply", "ok")] * 3
+
+
 def test_control_socket_takes_many_lines_and_rejects_non_json(
     example: tuple[Simulator, ManualClock], tmp_path: Path
 ) -> None:
@@ -217,7 +286,8 @@ def test_state_file(example: tuple[Simulator, ManualClock], tmp_path: Path) -> N
 # --- the command line ----------------------------------------------------------------
 
 
-def test_cli_starts_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_cli_starts_answers_and_stops_on_a_signal(tmp_path: Path, signum: int) -> None:
     state = tmp_path / "state.json"
     sock = tmp_path / "ctl.sock"
     proc = subprocess.Popen(
@@ -239,13 +309,13 @@ def test_cli_starts_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
         assert os.readlink(tmp_path / "rs485-2").startswith("/dev/pts/")
         assert json.loads(state.read_text())["pid"] == proc.pid
         time.sleep(1.2)  # one live line per bus
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         out, err = proc.communicate(timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert proc.returncode == 0, err
+    assert proc.returncode == 0, err  # a clean stop, not KeyboardInterrupt's 130
     assert "rs485-2: " + str(tmp_path / "rs485-2") in out
     assert "tx/s" in out and "busy" in out
     assert out.rstrip().endswith("simulator stopped")
