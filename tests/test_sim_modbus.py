@@ -266,6 +266,8 @@ meters:
      load: {kind: constant, watts: 12000}, phases: 3}
   - {id: gen, bus: b, unit_id: 3, profile: generic, energy_import_wh: 45000,
      load: {kind: constant, watts: 350}}
+  - {id: pv, bus: b, unit_id: 4, profile: generic, energy_export_wh: 8000,
+     load: {kind: constant, watts: -1500}}
 """
 
 
@@ -322,6 +324,61 @@ def test_pymodbus_reads_the_truth(
     response = client.read_holding_registers(0x0100, count=2, device_id=2)
     assert response.isError() and response.exception_code == 2
     settle()
+
+
+def pymodbus_value(
+    client: ModbusSerialClient, profile: Profile, unit: int, quantity: Quantity
+) -> int | float:
+    """One register read and converted by pymodbus alone (its DATATYPE, the profile's word
+    order), raw: no scale of ours applied."""
+    spec = next(r for r in profile.registers if r.quantity is quantity)
+    datatype = {
+        DataType.FLOAT32: client.DATATYPE.FLOAT32,
+        DataType.INT32: client.DATATYPE.INT32,
+        DataType.UINT32: client.DATATYPE.UINT32,
+    }[spec.type]
+    read = (
+        client.read_input_registers if profile.function_code == 4 else client.read_holding_registers
+    )
+    response = read(spec.address, count=2, device_id=unit)
+    settle()
+    assert not response.isError(), response
+    order = "big" if profile.word_order is WordOrder.BIG else "little"
+    value = client.convert_from_registers(response.registers, datatype, word_order=order)
+    assert isinstance(value, int | float)
+    return value
+
+
+def test_pymodbus_converts_the_truth_itself(
+    bench: tuple[Simulator, ManualClock, ModbusSerialClient],
+) -> None:
+    """pymodbus's own float32/int32/uint32 conversion, compared with the physical truth
+    (not with this project's decode_register)."""
+    sim, clock, client = bench
+    clock.advance(1800)
+    truth = sim.truth()["meters"]
+    sdm, adw, gen = profiles.get("sdm120"), profiles.get("adw300"), profiles.get("generic")
+    # float32 (SDM120: W, V, Hz, kWh)
+    assert pymodbus_value(client, sdm, 1, Quantity.POWER) == truth["sdm"]["power_w"] == 800
+    assert pymodbus_value(client, sdm, 1, Quantity.VOLTAGE_A) == truth["sdm"]["voltage_dv"] / 10
+    assert pymodbus_value(client, sdm, 1, Quantity.FREQUENCY) == pytest.approx(
+        truth["sdm"]["frequency_chz"] / 100, abs=1e-5
+    )
+    kwh = pymodbus_value(client, sdm, 1, Quantity.ENERGY_IMPORT)
+    assert truth["sdm"]["energy_import_wh"] == 152_300 + 400
+    assert kwh == pytest.approx(152.7, abs=1e-4)  # float32 holds 152.7 to ~1e-5
+    assert round(kwh * 1000) == truth["sdm"]["energy_import_wh"]
+    # int32 (generic: power in W, signed; a generator feeding in reads negative)
+    assert pymodbus_value(client, gen, 3, Quantity.POWER) == truth["gen"]["power_w"] == 350
+    assert pymodbus_value(client, gen, 4, Quantity.POWER) == truth["pv"]["power_w"] == -1500
+    # uint32 (0.01 kWh steps)
+    assert (
+        pymodbus_value(client, adw, 2, Quantity.ENERGY_IMPORT) * 10
+        == (truth["adw"]["energy_import_wh"])
+    )
+    assert truth["adw"]["energy_import_wh"] == 4_567_890 + 6_000
+    exported = pymodbus_value(client, gen, 4, Quantity.ENERGY_EXPORT)
+    assert exported * 10 == truth["pv"]["energy_export_wh"] // 10 * 10 == 8_000 + 750
 
 
 def test_pymodbus_relay_write_stops_energy(
