@@ -5,6 +5,9 @@
     GatewayError                      (root; gateway/protocols/errors.py)
     ├── ProtocolError                 codecs (sans-IO)
     │   ├── RemoteProtocolError       a peer sent bytes we cannot decode
+    │   │   ├── WrongAddress          another meter replied (gateway/drivers/base.py)
+    │   │   ├── UnknownDataId         DI not in the table (gateway/protocols/dlt645/dataids.py)
+    │   │   └── ModbusExceptionReply  a Modbus exception reply (gateway/protocols/modbus.py)
     │   └── LocalProtocolError        we were asked to encode something invalid
     ├── ConfigError                   a configuration file is wrong (file, line, column)
     ├── ProfileError                  a meter profile definition is wrong
@@ -16,7 +19,13 @@
     │   └── StoreCorrupt              the store failed its integrity check
     ├── CommandRefused                a master command was refused (reason given)
     ├── LifecycleRefused              a meter/account change was refused (unknown, removed ...)
-    └── RatingError                   a reading the tariff refused: stored, not charged
+    ├── RatingError                   a reading the tariff refused: stored, not charged
+    └── FrameInputError               `gateway frame` cannot use its input (gateway/cmd/frame.py)
+
+A class drawn with a path is defined there (it belongs to that layer); the others are
+defined here or in gateway/protocols/errors.py and exported by this module.
+tests/test_errors.py checks the drawing against the classes: every GatewayError
+subclass in the package is drawn, under its real parent.
 
 Foreign errors (pyserial, pymodbus, sqlite3, paho) are mapped onto this tree at the
 boundary where they occur, with the original kept as ``__cause__``
