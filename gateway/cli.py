@@ -5,7 +5,9 @@ imported lazily: ``gateway frame ...`` never imports the MQTT or Modbus stacks. 
 command module provides ``configure(parser)`` and ``run(args) -> int``.
 
 Any :class:`~gateway.errors.GatewayError` ends the command with a one-line message
-on stderr and exit status 2.
+on stderr and exit status 2.  So does bad usage (a missing or unknown argument, an
+invalid choice), for every command and sub-command: one line,
+``gateway <cmd>: error: <what>``, not argparse's usage block (``--help`` shows it).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from gateway import __version__
 from gateway.errors import GatewayError
@@ -37,8 +40,26 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line on stderr and exit status 2.
+
+    Sub-parsers (``add_subparsers``, in the command modules too) are of the same class.
+    argparse reports unrecognized arguments from the top parser; ``command_prog`` (the
+    selected command's prog) names the command in that message instead.
+    """
+
+    command_prog: str | None = None
+
+    def error(self, message: str) -> NoReturn:
+        what = " ".join(message.split())
+        prog = self.prog
+        if self.command_prog and what.startswith("unrecognized arguments"):
+            prog = self.command_prog
+        self.exit(2, f"{prog}: error: {what}\n")
+
+
 def _parser(selected: str | None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="gateway",
         description="Edge gateway for electricity concentrators, and its master station.",
     )
@@ -50,6 +71,7 @@ def _parser(selected: str | None) -> argparse.ArgumentParser:
             module = importlib.import_module(module_name)
             module.configure(p)
             p.set_defaults(_run=module.run)
+            parser.command_prog = p.prog
     return parser
 
 

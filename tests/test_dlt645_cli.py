@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from gateway.cli import main
+from gateway.cli import COMMANDS, main
 
 REPLY = "68 12 90 78 56 34 12 68 91 08 33 33 33 33 9A 78 56 34 87 16"
 VOLTS = "68 12 90 78 56 34 12 68 91 06 33 34 34 35 34 55 76 16"
@@ -159,12 +159,49 @@ def test_bad_input_is_one_line_on_stderr_and_status_2(
     assert len(err.strip().splitlines()) == 1 and err.startswith("gateway frame: ")
 
 
-def test_argparse_errors_exit_2_through_the_real_command() -> None:
+@pytest.mark.parametrize(
+    ("args", "prog", "what"),
+    [
+        (["decode"], "gateway frame decode", "the following arguments are required: HEX"),
+        (
+            ["encode", "relay", "--address", "123456789012", "--action", "explode"],
+            "gateway frame encode relay",
+            "argument --action: invalid choice: 'explode'",
+        ),
+        (
+            ["encode", "read", "--address", "123456789012", "--di", "00000000", "--preamble", "x"],
+            "gateway frame encode read",
+            "argument --preamble: invalid int value: 'x'",
+        ),
+        (["encode", "read", "--address", "1", "--di", "1", "extra"], "gateway frame", "unrecog"),
+    ],
+)
+def test_argparse_errors_exit_2_through_the_real_command(
+    args: list[str], prog: str, what: str
+) -> None:
+    # argparse's own errors: one line (no usage block), naming the sub-command, exit 2
     result = subprocess.run(
-        [sys.executable, "-m", "gateway", "frame", "encode", "relay", "--action", "explode"],
+        [sys.executable, "-m", "gateway", "frame", *args],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode == 2
-    assert "invalid choice" in result.stderr or "required" in result.stderr
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"{prog}: error: {what}")
+    assert "usage:" not in result.stderr
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_reports_bad_usage_in_one_line(
+    capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    # an option no command has: one line naming the command (or the argument it lacks)
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--no-such-option"])
+    assert exit_info.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"gateway {command}: error: ")
