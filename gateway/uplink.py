@@ -57,7 +57,7 @@ from gateway.protocols.topics import (
 from gateway.store.outbox import Built, Outbox, OutboxReader
 from gateway.store.store import Store
 
-__all__ = ["Uplink", "UplinkSettings"]
+__all__ = ["Uplink", "UplinkSettings", "backoff_delay"]
 
 _log = logging.getLogger("gateway.uplink")
 
@@ -89,8 +89,24 @@ class UplinkSettings:
     """Seconds the worker waits for an event before it looks at the store again."""
 
 
+def backoff_delay(failures: int, settings: UplinkSettings, rng: random.Random) -> float:
+    """Seconds to wait after ``failures`` (>= 1) failed or lost connections in a row.
+
+    ``backoff_min`` doubling with each failure, capped at ``backoff_max``, then jittered
+    down to between half and all of it (``rng``), so gateways that lost the same broker
+    do not all come back at once.
+    """
+    s = settings
+    base = min(s.backoff_max, s.backoff_min * 2 ** min(max(failures, 1) - 1, 16))
+    return base * rng.uniform(0.5, 1.0)
+
+
 class Uplink:
-    """Publishes ``store``'s outbox to the broker of ``config``; :meth:`start`, :meth:`stop`."""
+    """Publishes ``store``'s outbox to the broker of ``config``; :meth:`start`, :meth:`stop`.
+
+    ``rng`` jitters the reconnection back-off and the probe interval (tests give a
+    seeded or fixed one).
+    """
 
     def __init__(
         self,
@@ -100,8 +116,10 @@ class Uplink:
         *,
         gateway_id: str | None = None,
         on_command: Callable[[bytes], object] | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.store = store
+        self._rng = rng or random.Random()
         self.on_command = on_command
         self.config = config
         self.settings = s = settings or UplinkSettings()
@@ -239,8 +257,7 @@ class Uplink:
                 if time.monotonic() - connected_at > 10 * s.backoff_min:
                     failures = 0
             failures += 1
-            delay = min(s.backoff_max, s.backoff_min * 2 ** min(failures - 1, 16))
-            self._wait(delay * random.uniform(0.5, 1.0), probe=refused)
+            self._wait(backoff_delay(failures, s, self._rng), probe=refused)
 
     def _finish(self, client: mqtt.Client) -> None:
         """Stopping while connected: offline (retained), then a clean DISCONNECT."""
@@ -262,7 +279,7 @@ class Uplink:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            step = min(left, self.settings.probe_interval * random.uniform(0.8, 1.2))
+            step = min(left, self.settings.probe_interval * self._rng.uniform(0.8, 1.2))
             if self._stop.wait(step):
                 return
             if probe and self._listening():

@@ -5,7 +5,9 @@ status recorded, and the shared-subscription form."""
 
 from __future__ import annotations
 
+import itertools
 import queue
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -221,3 +223,42 @@ def test_a_store_failure_stops_acknowledging(
         gateway.send(2)
         with pytest.raises(queue.Empty):
             gateway.ack(timeout=0.5)  # nothing acknowledged: the gateway keeps both batches
+
+
+def test_after_losing_the_broker_the_master_tries_again_every_two_seconds(
+    tmp_path: Path,
+) -> None:
+    """A listener that accepts the master's TCP connections and closes them at once (no
+    CONNACK) stands for a broker that is away: the master's attempts come 1 s, then at
+    most 2 s apart (``reconnect_max``), not paho's doubling up to 10 s and more -- so
+    after a broker restart it is subscribed again within about 2 s."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    attempts: list[float] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            attempts.append(time.monotonic())
+            conn.close()
+
+    threading.Thread(target=accept, daemon=True).start()
+    master = Master(tmp_path / "master.db", "127.0.0.1", port)
+    master.start(timeout=None)
+    try:
+        deadline = time.monotonic() + 20
+        while len(attempts) < 4:
+            assert time.monotonic() < deadline, attempts
+            time.sleep(0.05)
+    finally:
+        master.stop()
+        server.close()
+    gaps = [b - a for a, b in itertools.pairwise(attempts[:4])]
+    print("master reconnection attempts apart: " + ", ".join(f"{g:.2f} s" for g in gaps))
+    # paho's own schedule with reconnect_delay_set(1, 2) is 1, 2, 2 s; the old
+    # (1, 10) gave 1, 2, 4 s.  Bounded generously against a busy machine.
+    assert max(gaps) < 3.5, gaps
+    assert not master.connected and master.stats.connects == 0

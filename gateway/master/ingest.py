@@ -18,6 +18,13 @@ commit, like batches.
 A malformed message is counted, logged, kept in ``rejected`` and acknowledged to the
 broker (so it is not delivered forever).  A gateway's retained ``up/status`` is
 recorded; when a gateway comes online it is sent its latest acknowledgement.
+
+After losing the broker the client tries again after 1 s, then every
+``reconnect_max`` s (default 2): a short wait, so that after a broker restart the
+master is subscribed again about as soon as the gateways are (they probe the port
+every 0.5 s) and the first batch it stores lists what it missed meanwhile, which the
+gateway re-sends at once -- instead of waiting up to paho's usual longer back-off
+and then the gateway's ``ack_timeout``.
 A store failure stops the worker before anything more is acknowledged
 (:attr:`Master.failure`).
 """
@@ -116,6 +123,7 @@ class Master:
         keepalive: int = 10,
         drain: int = 100,
         after_commit: Callable[[], None] | None = None,
+        reconnect_max: int = 2,
     ) -> None:
         self.db_path = Path(db_path)
         self.host, self.port = host, port
@@ -126,6 +134,7 @@ class Master:
         self._keepalive = keepalive
         self._drain = max(1, drain)
         self._after_commit = after_commit
+        self._reconnect_max = max(1, reconnect_max)
         self._inbox: queue.Queue[_Message | None] = queue.Queue()
         self._stats = IngestStats()
         self._changed = threading.Condition()
@@ -156,7 +165,7 @@ class Master:
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
-        client.reconnect_delay_set(1, 10)
+        client.reconnect_delay_set(1, self._reconnect_max)
         self._client = client
         self._worker = threading.Thread(target=self._work, name="master-ingest", daemon=True)
         self._worker.start()
