@@ -55,6 +55,11 @@ D = Decimal
         (0x0280000A, "78563412", 12345678),
         # remaining money, XXXXXX.XX yuan
         (0x00900200, "00500000", D("50.00")),
+        # reverse (export) active energy, total, XXXXXX.XX kWh unsigned: bytes low first
+        # 78 56 34 12 -> digits 12 34 56 78 -> 123456.78
+        (0x00020000, "78563412", D("123456.78")),
+        # overdrawn money (透支金额), XXXXXX.XX yuan: 34 12 00 00 -> 00001234 -> 12.34
+        (0x00900201, "34120000", D("12.34")),
         # CT ratio NNNNNN
         (0x04000306, "000100", 100),
         # meter number: 6 BCD bytes, a string high digit first
@@ -96,6 +101,36 @@ def test_forward_block_into_parts() -> None:
         "t3": D("30.00"),
         "t4": D("40.00"),
     }
+
+
+def test_forward_block_at_the_last_settlement_day() -> None:
+    # 0001FF01: forward active energy, total and tariffs, at the last (-1) settlement
+    # day; five XXXXXX.XX kWh parts of 4 bytes, each low byte first:
+    data = bytes.fromhex(
+        "00001500"  # total 00 00 15 00 -> 00150000 -> 1500.00
+        "00500200"  # t1 (sharp)  -> 00025000 -> 250.00
+        "00000500"  # t2 (peak)   -> 00050000 -> 500.00
+        "00000600"  # t3 (flat)   -> 00060000 -> 600.00
+        "00500100"  # t4 (valley) -> 00015000 -> 150.00; 250+500+600+150 = 1500
+    )
+    value = decode_value(0x0001FF01, data)
+    assert value == {
+        "total": D("1500.00"),
+        "t1": D("250.00"),
+        "t2": D("500.00"),
+        "t3": D("600.00"),
+        "t4": D("150.00"),
+    }
+    assert isinstance(value, dict) and [str(v) for v in value.values()] == [
+        "1500.00",
+        "250.00",
+        "500.00",
+        "600.00",
+        "150.00",
+    ]
+    assert encode_value(0x0001FF01, value) == data
+    # a settlement-day block is history, not a present reading: no quantity
+    assert quantities(0x0001FF01, value) == {}
 
 
 def test_block_of_a_meter_with_fewer_tariffs_has_fewer_parts() -> None:
@@ -243,6 +278,8 @@ def test_any_bytes_give_a_value_or_a_remote_protocol_error(di: int, raw: bytes) 
         (0x00000000, "67452301", {Quantity.ENERGY_COMBINED: 12_345_670}),  # kWh -> Wh
         (0x00010000, "99999999", {Quantity.ENERGY_IMPORT: 999_999_990}),
         (0x00020000, "01000000", {Quantity.ENERGY_EXPORT: 10}),  # 0.01 kWh = 10 Wh
+        (0x00020000, "78563412", {Quantity.ENERGY_EXPORT: 123_456_780}),  # 123456.78 kWh
+        (0x00900201, "34120000", {}),  # overdrawn money is money, not a quantity
         (0x02010100, "0122", {Quantity.VOLTAGE_A: 2201}),  # V -> dV
         (0x02020300, "005080", {Quantity.CURRENT_C: -5_000}),  # A -> mA
         (0x02030000, "452381", {Quantity.POWER: -1234}),  # -1234.5 W -> -1234 (half even)

@@ -277,6 +277,27 @@ def test_negative_reply_to_remote_control_password() -> None:
     assert isinstance(event, NegativeReply) and ErrorBits.AUTHORITY in event.error
 
 
+def test_negative_reply_to_a_write() -> None:
+    # D4: the meter refuses a write (14), here a day time-slot table with more slots
+    # than it keeps.
+    frame = h(
+        "68",  # start
+        "129078563412",  # address 123456789012, low byte first
+        "68",  # start again
+        "D4",  # C = 1101 0100: bit 7 from the meter, bit 6 error reply, function 14 (write)
+        "01",  # L: one data byte, the error word
+        "53",  # ERR 20 + 33: bit 5, day time slots exceeded
+        # CS: 68+12+90+78+56+34+12+68 = 0x286; + D4 = 0x35A; + 01 = 0x35B; + 53 = 0x3AE;
+        # the low byte:
+        "AE",
+        "16",  # end
+    )
+    event = decode_frame(frame)
+    roundtrip(frame, NegativeReply(METER, 0x14, ErrorBits.DAY_SLOTS_EXCEEDED))
+    assert isinstance(event, NegativeReply)
+    assert event.error == ErrorBits.DAY_SLOTS_EXCEEDED and ErrorBits.AUTHORITY not in event.error
+
+
 def test_broadcast_time_follows_the_meters_byte_order() -> None:
     frame = h(
         "68",
