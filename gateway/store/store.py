@@ -93,13 +93,16 @@ class Store:
         max_delay: float = 2.0,
         retention_interval: float = 60.0,
         max_queue: int = 100_000,
+        storage_interval: float | None = None,
     ) -> Store:
         """Open or create the store, check it, migrate it, and start its writer.
 
         A damaged file is moved aside and a new store (new epoch) created: see
         :attr:`report`.  Health records are written for a replaced store, an unclean
-        previous stop, and this start (with ``start_info``).  StoreError (StoreCorrupt
-        when a damaged store cannot be replaced) if the store cannot be opened.
+        previous stop, and this start (with ``start_info``); with ``storage_interval``
+        (seconds) the writer adds a storage health record (bytes in use, file bytes,
+        unacknowledged readings) at once and then every ``storage_interval``.  StoreError
+        (StoreCorrupt when a damaged store cannot be replaced) if the store cannot be opened.
         """
         path = Path(path)
         opened = open_database(path, now_ms=now_ms, check=check)
@@ -135,6 +138,7 @@ class Store:
             max_bytes=max_bytes,
             retention_interval=retention_interval,
             max_queue=max_queue,
+            storage_interval=storage_interval,
         )
         return cls(path, meta, report, writer, now_ms)
 

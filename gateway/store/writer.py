@@ -27,12 +27,20 @@ nothing accepted is dropped.  Refusals happen
 in :meth:`~StoreWriter.submit`, in the caller's thread, as StoreError: a record the
 store cannot hold, or readings beyond ``max_queue`` records waiting (the disk has
 stalled for long; durable submissions and calls are never refused for this).
+
+Between groups the thread runs its periodic passes: retention every
+``retention_interval`` seconds (when ``max_bytes`` is set) and, when
+``storage_interval`` is set, a storage health record (bytes in use, file bytes,
+unacknowledged readings: :func:`gateway.store.health.storage_record`) at once and
+then every ``storage_interval`` seconds.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import os
 import queue
 import threading
 import time
@@ -45,6 +53,9 @@ from typing import Any, TypeVar
 from sqlite_utils import Database
 
 from gateway.errors import StoreError
+from gateway.protocols.batch import HealthRecord
+from gateway.store.db import used_bytes
+from gateway.store.health import storage_record
 from gateway.store.journal import INSERT_SQL, Kind, Record, Row, encode
 from gateway.store.retention import RetentionResult, enforce
 
@@ -80,6 +91,8 @@ class WriterStats:
     refused: int
     """Records refused because ``max_queue`` records were already waiting."""
     alive: bool
+    storage_records: int = 0
+    """Storage health records written (``storage_interval``)."""
 
 
 @dataclass(slots=True)
@@ -161,7 +174,8 @@ def _settle(future: Future[Any], result: object, error: BaseException | None) ->
 class StoreWriter:
     """Owns ``db`` (a write connection) on its own thread from construction to :meth:`close`.
 
-    ``max_bytes`` (None: unbounded) is enforced every ``retention_interval`` seconds.
+    ``max_bytes`` (None: unbounded) is enforced every ``retention_interval`` seconds;
+    ``storage_interval`` (None: never) is the period of the storage health record.
     """
 
     def __init__(
@@ -174,10 +188,15 @@ class StoreWriter:
         max_bytes: int | None = None,
         retention_interval: float = 60.0,
         max_queue: int = 100_000,
+        storage_interval: float | None = None,
         name: str = "store-writer",
     ) -> None:
         if max_batch < 1 or max_delay < 0 or max_queue < 1:
             raise ValueError("max_batch and max_queue must be >= 1, max_delay >= 0")
+        if storage_interval is not None and not storage_interval > 0:
+            raise ValueError("storage_interval must be > 0 (or None)")
+        self._storage_interval = storage_interval
+        self._storage_records = 0
         self._max_queue = max_queue
         self._refused = 0
         self._db = db
@@ -321,6 +340,7 @@ class StoreWriter:
                 readings_dropped=self._dropped,
                 refused=self._refused,
                 alive=self._thread.is_alive(),
+                storage_records=self._storage_records,
             )
 
     def _put(self, item: _Item, records: int, *, bounded: bool = False) -> None:
@@ -353,25 +373,51 @@ class StoreWriter:
                 drop.last_ts_ms,
             )
 
+    def _storage(self) -> _Call:
+        """A call journalling a storage health record (see :func:`storage_record`)."""
+
+        def run(db: Database) -> HealthRecord:
+            acked = db.execute("SELECT up_to FROM acked WHERE kind = ?", (str(Kind.READINGS),))
+            row = acked.fetchone()
+            waiting = db.execute(
+                "SELECT count(*) FROM readings WHERE id > ?", (int(row[0]) if row else 0,)
+            ).fetchone()[0]
+            record = storage_record(self._now_ms(), used_bytes(db), _file_bytes(db), int(waiting))
+            db.conn.execute(INSERT_SQL[Kind.HEALTH], encode(record).params)
+            return record
+
+        return _Call(run, Future(), False, self._stored)
+
+    def _stored(self, record: HealthRecord) -> None:
+        with self._lock:
+            self._storage_records += 1
+
     # -- the writer thread ---------------------------------------------------------------------
 
     def _run(self) -> None:
-        next_retention = time.monotonic() + self._retention_interval
+        start = time.monotonic()
+        next_retention = math.inf
+        if self._max_bytes is not None:
+            next_retention = start + self._retention_interval
+        next_storage = start if self._storage_interval is not None else math.inf
         try:
             stopping = False
             while not stopping:
-                wait = None
-                if self._max_bytes is not None:
-                    wait = max(0.0, next_retention - time.monotonic())
-                items = self._collect(wait)
-                stopping = any(isinstance(item, _Stop) for item in items)
-                if items and not self._commit_with_retry(items):
-                    return
                 if self._max_bytes is not None and time.monotonic() >= next_retention:
                     retention = self._retention(self._max_bytes)
                     if not self._commit_with_retry([retention], count=False):
                         return
                     next_retention = time.monotonic() + self._retention_interval
+                if self._storage_interval is not None and time.monotonic() >= next_storage:
+                    if not self._commit_with_retry([self._storage()], count=False):
+                        return
+                    next_storage = time.monotonic() + self._storage_interval
+                due = min(next_retention, next_storage)
+                wait = None if due == math.inf else max(0.0, due - time.monotonic())
+                items = self._collect(wait)
+                stopping = any(isinstance(item, _Stop) for item in items)
+                if items and not self._commit_with_retry(items):
+                    return
         finally:
             self._db.close()
             self._fail_queued()
@@ -536,3 +582,15 @@ class StoreWriter:
         conn = self._db.conn
         conn.execute("INSERT OR IGNORE INTO meters (name) VALUES (?)", (name,))
         return int(conn.execute("SELECT id FROM meters WHERE name = ?", (name,)).fetchone()[0])
+
+
+def _file_bytes(db: Database) -> int:
+    """Bytes on disk of the store's main file and its WAL (0 for an in-memory store)."""
+    total = 0
+    for _, name, path in db.execute("PRAGMA database_list").fetchall():
+        if name != "main" or not path:
+            continue
+        for file in (path, f"{path}-wal"):
+            with contextlib.suppress(OSError):
+                total += os.stat(file).st_size
+    return total
