@@ -152,6 +152,10 @@ class Runtime:
                     )
                     self.charger.add_listener(self.relays.on_state)
                     self.add_status("relays", self.relays.status)
+                    if store.report.moved_aside is not None:  # balances from zero: no trips
+                        self.relays.enter_safe_mode(
+                            f"store damaged at start: moved aside to {store.report.moved_aside}"
+                        )
             for bus_config in self.config.serial_buses:
                 meters = self.config.meters_on(bus_config.name)
                 drivers = {m.id: make_driver(m, bus_config) for m in meters}

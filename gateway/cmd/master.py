@@ -5,6 +5,7 @@
     gateway master run --db PATH --broker HOST:PORT [--prefix gw] [--share GROUP]
                        [--client-id ID] [-v]
     gateway master stats --db PATH
+    gateway master balances --db PATH --gateway ID [--json]
     gateway master keys --out DIR [--force]
     gateway master command --broker HOST:PORT [--prefix gw] --gateway ID --key PRIVATE.pem
                            --kind KIND [--arg KEY=VALUE ...] [--text KEY=VALUE ...]
@@ -13,8 +14,12 @@
 ``run`` stores every gateway's batches once and acknowledges them on ``down/ack``
 until SIGTERM or SIGINT; one log line per event on stderr.  It exits 1 if the store
 fails (nothing more is acknowledged then).  ``stats`` prints, per gateway, its status,
-epochs, batches and records stored, the command replies stored and when it was last
-seen.
+epochs, batches and records stored, the command replies stored, when it was last
+seen, and ``safe mode`` when its latest ``SAFE_MODE`` event entered safe mode (its store
+was damaged at start) with no end after it.  ``balances`` prints, per account of one
+gateway, the balance the ledger entries stored vouch for over its epochs, the gateway's
+own (from zero after a damaged store), what a compensation must restore, and the times
+of the last entry before the damage and of the latest (docs/safe-mode.md).
 
 ``keys`` writes the master's Ed25519 key pair for signed commands (private key mode
 0600, never overwritten without ``--force``) and prints the public key as base64, the
@@ -62,6 +67,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging (one per batch)")
     s = sub.add_parser("stats", help="per gateway: status, batches, readings, last seen")
     s.add_argument("--db", required=True, metavar="PATH", help="the master's SQLite store")
+    b = sub.add_parser(
+        "balances",
+        help="per account of a gateway: the balance the stored ledger entries vouch for",
+    )
+    b.add_argument("--db", required=True, metavar="PATH", help="the master's SQLite store")
+    b.add_argument("--gateway", required=True, metavar="ID", help="the gateway's id")
+    b.add_argument("--json", action="store_true", help="print JSON")
 
     k = sub.add_parser("keys", help="write the master's Ed25519 key pair for signed commands")
     k.add_argument("--out", required=True, metavar="DIR", help="directory for the key files")
@@ -106,6 +118,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.action == "stats":
         return _stats(args)
+    if args.action == "balances":
+        return _balances(args)
     if args.action == "keys":
         return _keys(args)
     if args.action == "command":
@@ -282,7 +296,7 @@ def _stats(args: argparse.Namespace) -> int:
         rejected = store.rejected()
     out = sys.stdout
     header: tuple[str, ...] = ("gateway", "status", "epochs", "batches", "readings")
-    header += ("events", "ledger", "tasks", "health", "replies", "last seen (UTC)")
+    header += ("events", "ledger", "tasks", "health", "replies", "last seen (UTC)", "mode")
     table: list[tuple[str, ...]] = [header] + [
         (
             r.gateway_id,
@@ -290,6 +304,7 @@ def _stats(args: argparse.Namespace) -> int:
             *(str(n) for n in (r.epochs, r.batches, r.readings, r.events, r.ledger)),
             *(str(n) for n in (r.tasks, r.health, r.replies)),
             _stamp(r.last_seen_ms),
+            "safe mode" if r.safe_mode else "-",
         )
         for r in rows
     ]
@@ -298,4 +313,77 @@ def _stats(args: argparse.Namespace) -> int:
         out.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
         out.write("\n")
     out.write(f"{len(rows)} gateways; {len(rejected)} rejected messages\n")
+    return 0
+
+
+def _iso(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _balances(args: argparse.Namespace) -> int:
+    import json
+
+    from gateway.master.store import MasterStore
+    from gateway.store.store import wall_ms
+
+    with MasterStore.open(args.db, now_ms=wall_ms, readonly=True) as store:
+        known = any(r.gateway_id == args.gateway for r in store.summary())
+        safe = store.safe_mode(args.gateway)
+        rows = store.balances(args.gateway)
+    if not known:
+        print(f"gateway master balances: no gateway {args.gateway!r} in {args.db}", file=sys.stderr)
+        return 2
+    if args.json:
+        doc = {
+            "gateway": args.gateway,
+            "safe_mode": None
+            if safe is None
+            else {
+                "on": safe.on,
+                "since_ms": safe.since_ms,
+                "reason": safe.reason,
+                "epoch": safe.epoch,
+                "ts_ms": safe.ts_ms,
+            },
+            "accounts": {
+                r.account: {
+                    "vouched": r.vouched,
+                    "gateway": r.gateway,
+                    "restore": r.restore,
+                    "before_ms": r.before_ms,
+                    "last_ms": r.last_ms,
+                    "entries": r.entries,
+                }
+                for r in rows
+            },
+        }
+        print(json.dumps(doc, sort_keys=True))
+        return 0
+    out = sys.stdout
+    if safe is None:
+        out.write(f"gateway {args.gateway}: never reported safe mode\n")
+    else:
+        state = "SAFE MODE since" if safe.on else "safe mode ended, entered"
+        out.write(f"gateway {args.gateway}: {state} {_iso(safe.since_ms)}: {safe.reason}\n")
+    header = ("account", "vouched", "gateway", "restore", "before", "last", "entries")
+    table: list[tuple[str, ...]] = [header] + [
+        (
+            r.account,
+            *(str(n) for n in (r.vouched, r.gateway, r.restore)),
+            _iso(r.before_ms),
+            _iso(r.last_ms),
+            str(r.entries),
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        out.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        out.write("\n")
+    out.write(
+        f"{len(rows)} accounts; money in 0.0001 yuan; restore = vouched - gateway (send it as a"
+        " top-up with entry=compensation, then relay-resume)\n"
+    )
     return 0

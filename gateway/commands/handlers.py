@@ -19,8 +19,11 @@ Arguments, per kind (all money in 0.0001 yuan, integers):
 - ``THRESHOLDS``: ``account`` (text, or null/absent: the default of every account),
   ``alarm1``, ``alarm2``, ``overdraft_limit``, ``close_allow``, ``emergency_credit``.
 - ``PROTECT``: ``account``, ``on`` (bool).
-- ``RELAY_RESUME``: none; lifts a trip-storm stop: the relays trip the accounts still
-  due (the reply says whether tripping was stopped).
+- ``RELAY_RESUME``: none; lifts a trip-storm stop and ends safe mode (the store was
+  damaged at start: docs/safe-mode.md; send it after restoring the balances with
+  ``TOP_UP`` ``entry: compensation``): the relays trip the accounts still due (the reply
+  says whether tripping was stopped, by a storm or safe mode; ``was_safe_mode`` and
+  ``safe_mode_reason`` when it ended safe mode).
 - ``RELAY_TEST``: ``meter``; the reply waits for the test (at most
   :data:`RELAY_TEST_TIMEOUT` s).
 - ``TIME_SET``: optional ``time_ms`` (UTC ms; default the command's issue time).  A
@@ -257,11 +260,16 @@ def protect(rt: Runtime, cmd: Command) -> Outcome:
 
 
 def relay_resume(rt: Runtime, cmd: Command) -> Outcome:
+    """Lift a trip-storm stop and end safe mode; the accounts still due are tripped."""
     relays = _relays(rt)
     if relays is None:
         return failed(cmd, ReasonCode.UNAVAILABLE, "relay control is not running on this gateway")
-    was_stopped = bool(relays.storm.stopped)
+    safe = relays.safe_mode
+    was_stopped = bool(relays.storm.stopped) or safe is not None
     relays.resume()
+    if safe is not None:
+        text = "safe mode ended"
+        return ok(cmd, text, was_stopped=True, was_safe_mode=True, safe_mode_reason=safe.reason)
     text = "" if was_stopped else "tripping was not stopped"
     return ok(cmd, text, was_stopped=was_stopped)
 

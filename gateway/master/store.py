@@ -17,11 +17,18 @@ gateway the command id (hex), status and reason (names), text, result (JSON; byt
 hex) and when it was received.  A reply delivered again (the same gateway, command id,
 status, reason, text and result) is stored once; another answer to the same id (a
 command sent again is answered ``REPLAYED``) is a row of its own.
+
+A gateway whose store was damaged at start restarts every balance from zero in a new
+epoch and enters safe mode (event ``SAFE_MODE``, state ``entered``; ``ended`` when the
+master's RELAY_RESUME lifts it): :meth:`MasterStore.safe_mode` is its latest such event
+and :meth:`MasterStore.balances` the balances the master can vouch for from the ledger
+entries it stored (docs/safe-mode.md).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping
@@ -44,8 +51,9 @@ from gateway.protocols.batch import (
     TaskStatus,
 )
 from gateway.protocols.command import CommandReply, ReasonCode, ReplyStatus
-from gateway.protocols.quantities import Quantity, Reading
+from gateway.protocols.quantities import EventCode, Quantity, Reading
 from gateway.store.db import check_integrity, connect, store_errors
+from gateway.store.ledger import EntryKind
 from gateway.store.migrations import Migrations
 
 __all__ = [
@@ -53,8 +61,10 @@ __all__ = [
     "MAX_MISSING",
     "GatewaySummary",
     "MasterStore",
+    "SafeModeReport",
     "Stored",
     "StoredReply",
+    "VouchedBalance",
 ]
 
 MAX_MISSING = 64
@@ -155,6 +165,66 @@ class GatewaySummary:
     health: int
     replies: int = 0
     """Command replies stored."""
+    safe_mode: bool = False
+    """The gateway's latest ``SAFE_MODE`` event entered safe mode (no end after it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SafeModeReport:
+    """A gateway's latest ``SAFE_MODE`` event (:meth:`MasterStore.safe_mode`)."""
+
+    on: bool
+    """State ``entered``: the gateway is in safe mode (no trips) as far as stored."""
+    since_ms: int
+    """When it entered safe mode (the gateway's calendar ms)."""
+    reason: str
+    epoch: int
+    """The epoch it entered safe mode in: its new store's, balances from zero."""
+    ts_ms: int
+    """When the latest event (entered or ended) was recorded."""
+
+
+@dataclass(frozen=True, slots=True)
+class VouchedBalance:
+    """An account's balance as the master can vouch for it from the ledger entries it
+    stored (:meth:`MasterStore.balances`); money in 0.0001 yuan."""
+
+    account: str
+    vouched: int
+    """The balance the entries stored vouch for: with safe mode, the last balance before
+    the safe-mode epoch plus that epoch's entries (its compensations and reductions until
+    safe mode ended excepted: they are the restoration); without, the latest
+    ``balance_after``."""
+    gateway: int
+    """The gateway's own balance as stored (the latest ``balance_after`` of the current
+    epoch: from zero after a damaged store; 0 with no entry in it yet)."""
+    before_ms: int | None
+    """The time of the last entry before the safe-mode epoch (None: none, or no safe
+    mode): what happened between it and the damage was lost with the store."""
+    last_ms: int
+    """The time of the account's latest entry stored."""
+    entries: int
+
+    @property
+    def restore(self) -> int:
+        """What a compensation must add on the gateway (negative: a reduction)."""
+        return self.vouched - self.gateway
+
+
+_RESTORING = (int(EntryKind.COMPENSATION), int(EntryKind.REDUCTION))
+"""Entry kinds that restore balances while a gateway is in safe mode (docs/safe-mode.md)."""
+
+
+@dataclass(slots=True)
+class _Account:
+    """An account's sums while :meth:`MasterStore.balances` reads its entries."""
+
+    before: int = 0
+    before_ms: int | None = None
+    since: int = 0
+    gateway: int = 0
+    last_ms: int = 0
+    entries: int = 0
 
 
 def _json(obj: object) -> str:
@@ -581,7 +651,90 @@ class MasterStore:
                 " FROM gateways g LEFT JOIN batches b ON b.gateway = g.id"
                 " GROUP BY g.id ORDER BY g.name"
             ).fetchall()
-            return [GatewaySummary(*row) for row in rows]
+            out = []
+            for summary in (GatewaySummary(*row) for row in rows):
+                safe = self.safe_mode(summary.gateway_id)
+                out.append(dataclasses.replace(summary, safe_mode=safe is not None and safe.on))
+            return out
+
+    def safe_mode(self, gateway_id: str) -> SafeModeReport | None:
+        """The gateway's latest ``SAFE_MODE`` event (None: it never reported safe mode)."""
+        with store_errors("master store"):
+            rows = self._db.execute(
+                "SELECT x.ts_ms, x.detail, b.epoch FROM events x JOIN batches b ON b.id = x.batch"
+                " JOIN gateways g ON g.id = b.gateway WHERE g.name = ? AND x.code = ?"
+                " ORDER BY x.ts_ms, b.id, x.row",
+                (gateway_id, int(EventCode.SAFE_MODE)),
+            ).fetchall()
+        latest: SafeModeReport | None = None
+        for ts, detail, epoch in rows:
+            values = dict(json.loads(str(detail)))
+            on = values.get("state") == "entered"
+            since = int(values.get("since_ms", ts))
+            reason = str(values.get("reason", ""))
+            if not on and latest is not None:
+                epoch = latest.epoch  # an end is about the epoch that entered it
+            latest = SafeModeReport(on, since, reason, int(epoch), int(ts))
+        return latest
+
+    def balances(self, gateway_id: str) -> list[VouchedBalance]:
+        """Per account (by name), the balance the ledger entries stored for ``gateway_id``
+        vouch for, over its epochs.
+
+        Each epoch is a store of its own whose balances started from zero.  Without safe
+        mode, an account's balance is its latest ``balance_after`` (latest epoch, time,
+        entry).  After the gateway reported safe mode (its store was damaged at start),
+        it is the last ``balance_after`` of the epochs before the safe-mode epoch plus the
+        amounts of the safe-mode epoch's entries (charges, top-ups), but its compensations
+        and reductions made while safe mode was on: those restore the balance
+        (docs/safe-mode.md)."""
+        safe = self.safe_mode(gateway_id)
+        with store_errors("master store"):
+            rows = self._db.execute(
+                "SELECT x.account, b.epoch, e.first_ms, x.ts_ms, x.entry_id, x.kind, x.amount,"
+                " x.balance_after FROM ledger x JOIN batches b ON b.id = x.batch"
+                " JOIN gateways g ON g.id = b.gateway"
+                " JOIN epochs e ON e.gateway = g.id AND e.epoch = b.epoch"
+                " WHERE g.name = ? ORDER BY e.first_ms, b.epoch, x.ts_ms, x.entry_id",
+                (gateway_id,),
+            ).fetchall()
+            epochs = dict(
+                self._db.execute(
+                    "SELECT e.epoch, e.first_ms FROM epochs e JOIN gateways g"
+                    " ON g.id = e.gateway WHERE g.name = ?",
+                    (gateway_id,),
+                ).fetchall()
+            )
+        current = max(epochs, key=lambda ep: (epochs[ep], ep)) if epochs else None
+        safe_first = None if safe is None else epochs.get(safe.epoch)
+        ended_ms = None if safe is None or safe.on else safe.ts_ms
+        per: dict[str, _Account] = {}
+        for account, epoch, first_ms, ts, _entry, kind, amount, after in rows:
+            a = per.setdefault(str(account), _Account())
+            a.last_ms = max(a.last_ms, int(ts))
+            a.entries += 1
+            if epoch == current:
+                a.gateway = int(after)
+            if safe is None or safe_first is None:
+                continue
+            if epoch == safe.epoch:
+                restoring = kind in _RESTORING and (ended_ms is None or int(ts) <= ended_ms)
+                if not restoring:
+                    a.since += int(amount)
+            elif int(first_ms) <= safe_first:
+                a.before, a.before_ms = int(after), int(ts)
+        vouching = safe is not None and safe_first is not None
+        return [
+            VouchedBalance(
+                account,
+                a.before + a.since if vouching else a.gateway,
+                a.gateway,
+                a.before_ms if vouching else None,
+                a.last_ms,
+                a.entries,
+            )
+            for account, a in sorted(per.items())
+        ]
 
     def integrity(self) -> str | None:
         """None when ``PRAGMA integrity_check`` passes, else the problems."""

@@ -166,6 +166,12 @@ class EventCode(IntEnum):
     """The daily exception list (gateway.tasks.vacancy): the meter, with no tenant, drew
     energy charged to the vacancy account that local day; detail: day (ISO), charges
     (ledger entries), amount (0.0001 yuan, > 0)."""
+    SAFE_MODE = 20
+    """The relays' safe mode (design.md, "What may never be lost"): the store was damaged
+    at start and moved aside, so the balances start from zero and no trip goes out until
+    the master restores them and sends RELAY_RESUME (recorded on the first relay meter;
+    the master's ``master balances`` / ``master stats`` read it); detail: state (entered |
+    ended), reason, since_ms, accounts (that trip on arrears)."""
 
 
 __all__ += ["EventCode"]

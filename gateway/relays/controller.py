@@ -15,8 +15,12 @@ meter moved to an account not due is closed, reason ``meter-moved``).  Only
 configured meters have a relay target and a bus: a meter the configuration does not list
 is neither polled, charged nor tripped.
 
-What holds a trip back, in this order: the storm guard (:mod:`gateway.relays.storm`;
-counted on every account falling due; a storm stops tripping until :meth:`resume`),
+What holds a trip back, in this order: safe mode (:meth:`enter_safe_mode`: the store
+was damaged at start and moved aside, so every balance restarted from zero; no trip at
+all, closes still go out, until :meth:`resume` -- the master's RELAY_RESUME -- after the
+master restored the balances; an event ``SAFE_MODE`` tells the master), the storm guard
+(:mod:`gateway.relays.storm`; counted on every account falling due; a storm stops
+tripping until :meth:`resume`),
 protect mode of the account (trips blocked, charging goes on; lifting it trips an
 account still due), the quiet policy (:mod:`gateway.relays.policy`: a ``TRIP_DELAYED``
 event, the trip goes out at the end of the quiet period if the account is still due,
@@ -24,7 +28,7 @@ evaluated on the injected clock).
 
 What is remembered (store migration 6, :mod:`gateway.relays.memory`): protect mode set
 by :meth:`set_protect` (it overrides the config's ``protect``), each meter's commanded
-position and the storm stop.
+position, the storm stop and safe mode.
 
 The controller's parts: :mod:`gateway.relays.operation` (one meter's trip or close: send,
 read back, confirm, retry), :mod:`gateway.relays.reconcile` (at restart and after the
@@ -40,8 +44,9 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
 from gateway.clock import Clock, monotonic
 from gateway.config import GatewayConfig
@@ -49,19 +54,25 @@ from gateway.drivers.jobs import BusHandle
 from gateway.prepaid import PrepaidState, StateChange
 from gateway.protocols.quantities import EventCode
 from gateway.relays import memory
-from gateway.relays.memory import Position
+from gateway.relays.memory import Position, SafeMode
 from gateway.relays.operation import Operations, RelayOp
 from gateway.relays.policy import QuietPolicy, quiet_until
 from gateway.relays.reconcile import RECHECK_MIN_S, Reconciliation
 from gateway.relays.records import Journal, Records
 from gateway.relays.storm import StormGuard
 from gateway.relays.targets import targets
+from gateway.store.ledger import journal_with_charges
 
 if TYPE_CHECKING:
+    from sqlite_utils import Database
+
     from gateway.charging import Charger
     from gateway.store.writer import StoreWriter
 
-__all__ = ["RelayController"]
+__all__ = ["SAFE_MODE", "RelayController"]
+
+SAFE_MODE = "safe mode"
+"""The blocked reason (and alarm kind ``safe_mode``) of an account due while in safe mode."""
 
 _logger = logging.getLogger(__name__)
 
@@ -108,6 +119,7 @@ class RelayController(Operations, Reconciliation, Records):
         self._ops: dict[str, RelayOp] = {}
         self._delayed: dict[str, tuple[datetime, tuple[str, ...]]] = {}
         self._blocked: dict[str, str] = {}
+        self._safe_mode: SafeMode | None = None
         self._alarms: list[dict[str, object]] = []
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
@@ -158,6 +170,16 @@ class RelayController(Operations, Reconciliation, Records):
             self.storm.stopped_ms = remembered.storm_ms
             if remembered.storm_ms is not None:
                 self._alarm("trip_storm", since_ms=remembered.storm_ms, restored=1)
+            restored = remembered.safe_mode
+            if restored is not None and self._safe_mode is None:
+                self._safe_mode = restored
+                self._alarm("safe_mode", since_ms=restored.since_ms, reason=restored.reason)
+                _logger.warning(
+                    "relays: still in safe mode (since %s: %s): no trips until the master"
+                    " sends relay-resume",
+                    _utc(restored.since_ms),
+                    restored.reason,
+                )
             self._stopping = False
         self._thread = threading.Thread(target=self._run, name="relays", daemon=True)
         self._thread.start()
@@ -224,16 +246,68 @@ class RelayController(Operations, Reconciliation, Records):
             meters = self.charger.meters_of(account)
             self._due(account, meters, self._balance(account), "protect-lifted", False)
 
+    @property
+    def safe_mode(self) -> SafeMode | None:
+        """Safe mode, or None when trips may go out."""
+        with self._lock:
+            return self._safe_mode
+
+    def enter_safe_mode(self, reason: str) -> bool:
+        """Enter safe mode: no trip goes out (an account due is blocked, reason ``safe
+        mode``; closes still go out) until :meth:`resume`.  Remembered, durably, with a
+        ``SAFE_MODE`` event (state ``entered``) for the master, before it returns.  False
+        when already in safe mode (nothing is recorded again)."""
+        with self._lock:
+            if self._safe_mode is not None:
+                return False
+            safe = SafeMode(self._now_ms(), reason)
+            self._safe_mode = safe
+            self._delayed.clear()  # held now by safe mode, not by the quiet policy
+            self._alarm("safe_mode", since_ms=safe.since_ms, reason=reason)
+        self._save_safe_mode(safe, "entered", safe)
+        _logger.error("relays: safe mode: %s: no trips until the master sends relay-resume", reason)
+        return True
+
+    def _save_safe_mode(self, keep: SafeMode | None, state: str, about: SafeMode) -> None:
+        """Remember ``keep`` and record the ``SAFE_MODE`` event ``state`` in one durable
+        transaction (when the journal is the store writer)."""
+        meter = min(self.targets) if self.targets else None
+        detail: dict[str, int | str | None] = {
+            "state": state,
+            "reason": about.reason,
+            "since_ms": about.since_ms,
+            "accounts": len(self.trip_accounts()),
+        }
+        event = None if meter is None else self._make_event(meter, EventCode.SAFE_MODE, detail)
+        atomic = self.journal is self.writer
+        if event is not None and not atomic:
+            self.journal.submit(event)
+
+        def save(db: Database) -> None:
+            memory.save_safe_mode(db, keep)
+            if event is not None and atomic:
+                journal_with_charges(db, event, ())
+
+        self.writer.call(save, durable=True).result(30)
+
     def resume(self) -> None:
-        """Clear a trip-storm stop; accounts still due are tripped now (without counting)."""
+        """Clear a trip-storm stop and safe mode (the master's RELAY_RESUME); accounts
+        still due are tripped now (without counting)."""
         with self._lock:
             was = self.storm.stopped
+            safe = self._safe_mode
+            self._safe_mode = None
             self.storm.resume()
-            self._alarms = [a for a in self._alarms if a.get("kind") != "trip_storm"]
-            blocked = [a for a, why in self._blocked.items() if why == "storm"]
+            self._alarms = [
+                a for a in self._alarms if a.get("kind") not in ("trip_storm", "safe_mode")
+            ]
+            blocked = [a for a, why in self._blocked.items() if why in ("storm", SAFE_MODE)]
             for account in blocked:
                 del self._blocked[account]
         self.writer.call(lambda db: memory.save_storm(db, None), durable=True).result(30)
+        if safe is not None:
+            self._save_safe_mode(None, "ended", safe)
+            _logger.warning("relays: safe mode ended by the master (was: %s)", safe.reason)
         if was:
             _logger.info("relays: tripping resumed after a trip storm")
         for account in self.charger.accounts_in(PrepaidState.DUE_TO_TRIP):
@@ -243,11 +317,14 @@ class RelayController(Operations, Reconciliation, Records):
 
     def test(self, meter: str) -> Future[dict[str, object]]:
         """Relay test: trip, confirm, close (direct), confirm.  The future gives a dict with
-        ``ok``, ``tripped``, ``closed`` (or ``error``); it never raises."""
+        ``ok``, ``tripped``, ``closed`` (or ``error``: also in safe mode); it never raises."""
         out: Future[dict[str, object]] = Future()
         target = self.targets.get(meter)
         if target is None:
             out.set_result({"meter": meter, "ok": False, "error": "no such meter with a relay"})
+            return out
+        if self.safe_mode is not None:
+            out.set_result({"meter": meter, "ok": False, "error": "safe mode: no trips"})
             return out
         account = self.charger.account_of(meter)
         if account is not None and self.protected(account):
@@ -314,6 +391,13 @@ class RelayController(Operations, Reconciliation, Records):
                 "meters": len(self.targets),
                 "close_mode": self.settings.close_mode,
                 "protect": sorted(a for a, on in self._protect.items() if on),
+                "safe_mode": None
+                if self._safe_mode is None
+                else {
+                    "since": self._local(self._safe_mode.since_ms),
+                    "since_ms": self._safe_mode.since_ms,
+                    "reason": self._safe_mode.reason,
+                },
                 "storm": {
                     "stopped": self.storm.stopped,
                     "since_ms": self.storm.stopped_ms,
@@ -346,6 +430,14 @@ class RelayController(Operations, Reconciliation, Records):
             return  # nothing to trip (a meter added later is tripped after the reload)
         ops: list[RelayOp] = []
         with self._lock:
+            if self._safe_mode is not None:
+                self._delayed.pop(account, None)
+                if self._blocked.get(account) != SAFE_MODE:
+                    self._blocked[account] = SAFE_MODE
+                    _logger.warning(
+                        "relays: account %s due to trip: safe mode, not tripped", account
+                    )
+                return
             if count_storm and not self.storm.stopped:
                 self.storm.accounts = len(self.trip_accounts())
             if count_storm and not self.storm.stopped and self.storm.note(account, monotonic()):
@@ -446,6 +538,11 @@ class RelayController(Operations, Reconciliation, Records):
             int(self.storm.window_s),
         )
 
+    def _local(self, ms: int) -> str:
+        """Calendar ``ms`` as local ISO time (the gateway's timezone)."""
+        moment = datetime.fromtimestamp(ms / 1000, UTC)
+        return moment.astimezone(ZoneInfo(self.config.timezone)).isoformat()
+
     def _balance(self, account: str) -> int:
         """The charger's balance of ``account`` (0 for one it does not keep)."""
         try:
@@ -516,3 +613,7 @@ def _wait(future: Future[bool], timeout: float) -> bool:
         return future.result(timeout)
     except FutureTimeout:
         return False
+
+
+def _utc(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
