@@ -247,6 +247,12 @@ def relay_lines(relays: Mapping[str, Any]) -> list[str]:
     ]
     if others:
         lines.append(f"  other relays: {', '.join(others)}")
+    safe = relays.get("safe_mode")
+    if safe:
+        lines.append(
+            f"  SAFE MODE since {_utc(safe.get('since_ms'))}: {safe.get('reason')}:"
+            " no trips until the master sends relay-resume"
+        )
     storm = relays.get("storm") or {}
     if storm.get("stopped"):
         lines.append(

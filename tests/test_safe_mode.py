@@ -39,6 +39,7 @@ from gateway.relays.controller import SAFE_MODE, RelayController
 from gateway.runtime import Runtime
 from gateway.sim.config import parse_sim_config
 from gateway.sim.service import Simulator
+from gateway.status import format_status
 from gateway.store.journal import JournalReader
 from gateway.store.ledger import EntryKind, TopUp
 
@@ -201,6 +202,8 @@ def test_a_damaged_store_trips_nobody_until_the_master_restores_and_resumes(
             status: Any = rt.status()["relays"]
             assert status["safe_mode"]["reason"] == reason
             assert [a["kind"] for a in status["alarms"]] == ["safe_mode"]
+            shown = format_status(rt.status())
+            assert "SAFE MODE since " in shown and f": {reason}: no trips until" in shown
             (entered,) = events(rt, EventCode.SAFE_MODE)
             assert (entered.meter, entered.detail["state"]) == ("d1", "entered")
             assert entered.detail["reason"] == reason and entered.detail["accounts"] == 1

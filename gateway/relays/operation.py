@@ -35,7 +35,7 @@ from gateway.config.model import Relays as RelaySettings
 from gateway.drivers.jobs import BusHandle, JobResult, Priority
 from gateway.prepaid import PrepaidState
 from gateway.protocols.quantities import EventCode
-from gateway.relays.memory import Position
+from gateway.relays.memory import Position, SafeMode
 from gateway.relays.policy import QuietPolicy, quiet_until
 from gateway.relays.storm import StormGuard
 from gateway.relays.targets import RelayTarget
@@ -106,6 +106,7 @@ class Operations:
     _unrecorded: set[str]
     _alarms: list[dict[str, object]]
     _protect: dict[str, bool]
+    _safe_mode: SafeMode | None
     _retry_s: float
 
     if TYPE_CHECKING:  # the controller's and its other parts'
@@ -338,13 +339,18 @@ class Operations:
 
     def _retry(self, op: RelayOp) -> None:
         """Another round for an unconfirmed trip or close, if it is still wanted (the
-        account still due, not protected, no storm; or no longer due, for a close)."""
+        account still due, not protected, no storm, not in safe mode; or no longer due,
+        for a close)."""
         account = op.account
         meter = op.target.id
         with self._lock:
             if self._stopping or account is None or meter in self._ops:
                 return
-            held = self._protect.get(account, False) or self.storm.stopped
+            held = (
+                self._protect.get(account, False)
+                or self.storm.stopped
+                or self._safe_mode is not None
+            )
         state = self.charger.state(account)
         if op.open:
             if state != PrepaidState.DUE_TO_TRIP or held:
