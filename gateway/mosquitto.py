@@ -62,6 +62,11 @@ class Mosquitto:
         return Path(self._dir.name) / "mosquitto.log"
 
     @property
+    def pid(self) -> int | None:
+        """The broker's process id while it runs."""
+        return self._proc.pid if self.running and self._proc is not None else None
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
@@ -82,6 +87,9 @@ class Mosquitto:
             [find_mosquitto(), "-c", str(self._conf)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            # its own session: a Ctrl-C in the terminal goes to the demo (or test run),
+            # which stops the broker when it is done with it, not to the broker too
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
