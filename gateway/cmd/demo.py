@@ -1,15 +1,19 @@
 """``gateway demo``: the whole system at work on the embedded defaults.
 
-1. starts the simulated bench of the packaged example (``gateway/sim/examples/sim.yaml``:
-   a DL/T 645 line at 2400 8E1 and a Modbus line at 9600 8N1, two transformer
-   areas) on pseudo-terminals, and a private Mosquitto unless ``--broker`` names one;
+1. starts the demo's simulated bench (``gateway/sim/examples/demo-sim.yaml``: a
+   DL/T 645 line at 2400 8E1 with the tea house and the supermarket, and a full
+   Modbus line at 9600 8N1: 32 meters in the two transformer areas T1 and T2, both
+   gate meters included) on pseudo-terminals, and a private Mosquitto (in its own
+   session) unless ``--broker`` names one;
 2. starts the master station's ingest (:class:`gateway.master.ingest.Master`, its
-   store in the work directory) and the gateway of the packaged example
-   configuration (bus threads polling at the line's limit, collection tasks, the
-   SQLite journal, the uplink publishing CBOR batches at QoS 1);
+   store in the work directory) and the gateway of the demo's configuration
+   (``gateway/examples/demo-gateway.yaml``, the example mall's with the same
+   meters: bus threads polling at the line's limit, collection tasks, the SQLite
+   journal, the uplink publishing CBOR batches at QoS 1);
 3. shows a live view every two seconds: per bus transactions, efficiency against the
-   line's limit, readings and flagged meters; the uplink's broker state and outbox
-   depth; the readings stored at the master;
+   line's limit, readings, readings/s over the last view interval (and in total) and
+   flagged meters; the uplink's broker state and outbox depth; the readings stored
+   at the master;
 4. runs the money engine on the example's accounts: the master's key pair is made in
    the work directory and the gateway trusts its public key; prepaid accounts start
    at 0, so the tea house A101 (two relay meters) is tripped at once; the master then
@@ -22,7 +26,13 @@
 5. at the end (``--seconds``, or Ctrl-C) stops polling, waits until the master has
    acknowledged the journal, and checks that every journaled reading is in the
    master's store exactly once and unchanged, and that every account's balance
-   re-adds from its ledger.
+   re-adds from its ledger; then stops the gateway, the master, the simulator and
+   the broker, in that order.
+
+Ctrl-C, in any phase, only asks the demo to stop (its own handler; Mosquitto runs in
+its own session so the terminal's SIGINT does not reach it): the phase under way
+ends, polling stops and the check above runs.  A second Ctrl-C skips the wait for
+the master (and the check) and stops everything at once (exit status 130).
 """
 
 from __future__ import annotations
@@ -30,19 +40,25 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import secrets
+import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from importlib import resources
 from pathlib import Path
+from types import FrameType
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.billing.money import yuan
 from gateway.commands.keys import load_private_key, write_key_pair
-from gateway.config import Commands, GatewayConfig, Uplink, example_config_path, load_config
+from gateway.config import Commands, GatewayConfig, Uplink, load_config
+from gateway.drivers import profiles
 from gateway.errors import UplinkError
 from gateway.master.command import build_command, send_command
 from gateway.master.ingest import Master
@@ -53,7 +69,7 @@ from gateway.prepaid import PrepaidState
 from gateway.protocols.command import CommandKind
 from gateway.protocols.quantities import Reading
 from gateway.runtime import Runtime
-from gateway.sim.config import LoadConfig, SimConfig, example_sim_config_path, load_sim_config
+from gateway.sim.config import LoadConfig, SimConfig, load_sim_config
 from gateway.sim.service import Simulator
 from gateway.store import JournalReader
 from gateway.store.db import connect
@@ -76,16 +92,79 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", help="keep the store and links here (default: a temp dir)")
 
 
+def demo_config_path() -> Path:
+    """The demo's gateway configuration (the example mall with a full Modbus line)."""
+    return Path(str(resources.files("gateway") / "examples" / "demo-gateway.yaml"))
+
+
+def demo_sim_config_path() -> Path:
+    """The demo's simulated bench (the same meters at the same addresses)."""
+    return Path(str(resources.files("gateway.sim") / "examples" / "demo-sim.yaml"))
+
+
+class _Stop:
+    """The demo's Ctrl-C: the first asks every phase to end (the demo then stops polling
+    and checks the master's store), the second raises KeyboardInterrupt (no waiting for
+    the master), later ones are ignored while the demo stops its parts."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.presses = 0
+        self.announced = False
+
+    def stopping(self) -> bool:
+        """Whether Ctrl-C was pressed; the first time it is seen, says what happens."""
+        if self.event.is_set() and not self.announced:
+            self.announced = True
+            _say(
+                "  (Ctrl-C: stopping; the master's store is checked before the demo ends;"
+                " Ctrl-C again aborts faster, without that check)"
+            )
+        return self.event.is_set()
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep ``seconds`` or until Ctrl-C; True if stopping."""
+        self.event.wait(max(0.0, seconds))
+        return self.stopping()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        # no output here: the main thread may be in the middle of a print
+        self.presses += 1
+        if self.presses == 1:
+            self.event.set()
+        elif self.presses == 2:
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def installed(self) -> Iterator[_Stop]:
+        previous = signal.signal(signal.SIGINT, self._handle)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
 def run(args: argparse.Namespace) -> int:
+    stop = _Stop()
+    with stop.installed():
+        try:
+            return _run(args, stop)
+        except KeyboardInterrupt:
+            _say("  (Ctrl-C again: aborted; the gateway, master, simulator and broker are stopped)")
+            _say("aborted: the master's store was not checked")
+            return 130
+
+
+def _run(args: argparse.Namespace, stop: _Stop) -> int:
     with ExitStack() as stack:
         work = Path(args.workdir or stack.enter_context(tempfile.TemporaryDirectory()))
         work.mkdir(parents=True, exist_ok=True)
         host, port = _broker(args.broker, stack)
         sim_config = _busy_tea_house(
-            load_sim_config(example_sim_config_path(), link_dir=str(work / "links"))
+            load_sim_config(demo_sim_config_path(), link_dir=str(work / "links"))
         )
         sim = stack.enter_context(Simulator(sim_config, state_path=work / "sim-state.json"))
-        config = _on_simulator(load_config(example_config_path()), sim, work, host, port)
+        config = _on_simulator(load_config(demo_config_path()), sim, work, host, port)
         keys = write_key_pair(work / "master-keys", overwrite=True)
         config = dataclasses.replace(
             config,
@@ -96,6 +175,8 @@ def run(args: argparse.Namespace) -> int:
             f"simulator: {len(sim_config.buses)} buses, {len(sim_config.meters)} meters on "
             + ", ".join(f"{b.name} -> {sim.bus(b.name).path}" for b in sim_config.buses)
         )
+        for line in _bench(config):
+            _say(line)
         master_db = work / "master.db"
         master = Master(master_db, host, port, prefix=config.uplink.prefix)
         master.start()
@@ -113,11 +194,41 @@ def run(args: argparse.Namespace) -> int:
         runtime.clock.trust("demo: host clock")
         with runtime:
             _say(f"gateway {config.gateway_id}: polling; store {runtime.store_path}")
-            money = _Money(runtime, sim, load_private_key(keys.private_path), host, port)
-            money.fund()
-            _watch(runtime, master, args.seconds, money)
-            settled = _settle(runtime, master, master_db)
+            try:
+                money = _Money(runtime, sim, load_private_key(keys.private_path), host, port)
+                money.fund(stop)
+                view = _View(runtime, master)
+                _watch(view, args.seconds, money, stop)
+                settled = _settle(runtime, view, master_db, stop)
+            except KeyboardInterrupt:
+                # the buses first, as _settle does: the calendar's clock reads queued
+                # behind continuous polling are then cancelled, not waited for when the
+                # runtime stops
+                _stop_polling(runtime)
+                raise
+            _say("stopping the gateway, the master, the simulator and the broker")
             return settled or money.check()
+
+
+def _stop_polling(runtime: Runtime) -> None:
+    for bus in runtime.buses.values():
+        bus.stop()
+
+
+def _bench(config: GatewayConfig) -> list[str]:
+    """Per bus: its line, its meters and their transformer areas (gate meters named)."""
+    out = []
+    for bus in config.serial_buses:
+        meters = [m for m in config.meters if m.bus == bus.name]
+        areas = sorted({m.area for m in meters if m.area})
+        gates = [m.id for m in meters if m.role == "gate"]
+        out.append(
+            f"  {bus.name:<8} {bus.protocol} {bus.baud} {bus.data_bits}{bus.parity}{bus.stop_bits}:"
+            f" {len(meters)} meters in {len(areas)} area{'s' if len(areas) != 1 else ''}"
+            f" ({', '.join(areas) or 'none'})"
+            + (f", gate meters {', '.join(gates)}" if gates else "")
+        )
+    return out
 
 
 def _busy_tea_house(sim_config: SimConfig) -> SimConfig:
@@ -140,7 +251,10 @@ def _broker(given: str | None, stack: ExitStack) -> tuple[str, int]:
     """The broker to use: ``HOST:PORT`` if given (it must answer), else a private one."""
     if not given:
         mosquitto = stack.enter_context(Mosquitto())
-        _say(f"started a private Mosquitto on {mosquitto.host}:{mosquitto.port}")
+        _say(
+            f"started a private Mosquitto on {mosquitto.host}:{mosquitto.port}"
+            f" (pid {mosquitto.pid}, its own session: stopped by the demo)"
+        )
         return mosquitto.host, mosquitto.port
     host, _, port_text = given.rpartition(":")
     try:
@@ -186,8 +300,11 @@ class _Money:
         self.pressed: set[str] = set()
         self.repaid = False
 
-    def fund(self) -> None:
+    def fund(self, stop: _Stop) -> None:
         for account in self.prepaid:
+            if stop.stopping():
+                _say("  (top-ups skipped: stopping)")
+                return
             self.top_up(account, self.SMALL if account == "A101" else self.FULL)
 
     def top_up(self, account: str, amount: int) -> None:
@@ -211,7 +328,9 @@ class _Money:
         relays = self.runtime.relays
         if relays is None:
             return
-        positions = relays.status().get("positions", {})
+        positions = relays.status().get("positions")
+        if not isinstance(positions, dict):
+            positions = {}
         tripped = (
             all(positions.get(m) == "open" for m in self.charger.meters_of("A101"))
             and self.charger.state("A101") == PrepaidState.DUE_TO_TRIP
@@ -236,7 +355,11 @@ class _Money:
         out = []
         for account in self.prepaid:
             meters = self.charger.meters_of(account)
-            where = ", ".join(f"{m} {positions.get(m, '-')}" for m in meters)
+            with_relay = [m for m in meters if self._has_relay(m)]
+            where = ", ".join(f"{m} {positions.get(m, '-')}" for m in with_relay)
+            without = len(meters) - len(with_relay)
+            if without:
+                where = f"{where or 'none'} (+{without} without a relay)"
             out.append(
                 f"  {account:<8} {yuan(self.charger.balance(account)):>10} yuan"
                 f"  {self.charger.state(account)!s:<12} relays: {where or 'none'}"
@@ -247,6 +370,11 @@ class _Money:
                 f" {len(relays.get('alarms', []))} alarms"
             )
         return out
+
+    def _has_relay(self, meter_id: str) -> bool:
+        meter = self.runtime.config.meter(meter_id)
+        # DL/T 645 meters (no profile) have the standard's relay; Modbus: the profile's
+        return meter.profile is None or profiles.get(meter.profile).relay is not None
 
     def check(self) -> int:
         """0 if every balance re-adds from the ledger."""
@@ -262,54 +390,80 @@ class _Money:
         return 0
 
 
-def _watch(runtime: Runtime, master: Master, seconds: float, money: _Money) -> None:
+def _watch(view: _View, seconds: float, money: _Money, stop: _Stop) -> None:
     deadline = time.monotonic() + seconds if seconds > 0 else float("inf")
-    try:
-        while time.monotonic() < deadline:
-            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
-            money.tend()
-            _view(runtime, master)
-            for line in money.lines():
-                _say(line)
-    except KeyboardInterrupt:
-        _say("  (stopping)")
+    while time.monotonic() < deadline:
+        if stop.wait(min(2.0, deadline - time.monotonic())):
+            return
+        money.tend()
+        view.show()
+        for line in money.lines():
+            _say(line)
 
 
-def _view(runtime: Runtime, master: Master) -> None:
-    """One screen: redrawn in place on a terminal, a block of lines otherwise (logs, tests)."""
-    if sys.stdout.isatty():
-        print("\033[H\033[J", end="")  # cursor home, clear the screen
-        _say(f"gateway demo ({time.strftime('%H:%M:%S')}), Ctrl-C stops it")
-    status = runtime.status()
-    tasks = status.get("tasks") or {}
-    buses = status["buses"]
-    assert isinstance(buses, list)
-    for bus in buses:
-        poll = bus["poll"]
-        flagged = ", ".join(f"{f['meter']} ({f['cause']})" for f in poll["flagged"])
+class _View:
+    """The live view: one screen, redrawn in place on a terminal, a block of lines
+    otherwise (logs, tests).  Readings/s are over the last view interval."""
+
+    def __init__(self, runtime: Runtime, master: Master) -> None:
+        self.runtime, self.master = runtime, master
+        self.started = time.monotonic()
+        self.last: tuple[float, dict[str, int]] = (self.started, {})
+        self.polled_until: float | None = None
+
+    def polling_stopped(self) -> None:
+        self.polled_until = time.monotonic()
+
+    def show(self) -> None:
+        """The screen; once polling stopped, readings/s are the run's average."""
+        if sys.stdout.isatty():
+            print("\033[H\033[J", end="")  # cursor home, clear the screen
+            _say(f"gateway demo ({time.strftime('%H:%M:%S')}), Ctrl-C stops it")
+        status = self.runtime.status()
+        if self.polled_until is None:
+            now = time.monotonic()
+            then, before = self.last
+            over = "over the last"
+        else:
+            now, then, before = self.polled_until, self.started, {}
+            over = "on average over the"
+        span = max(now - then, 1e-3)
+        counts: dict[str, int] = {}
+        tasks = status.get("tasks") or {}
+        buses = status["buses"]
+        assert isinstance(buses, list)
+        for bus in buses:
+            poll = bus["poll"]
+            counts[bus["name"]] = poll["readings"]
+            rate = (poll["readings"] - before.get(bus["name"], 0)) / span
+            flagged = ", ".join(f"{f['meter']} ({f['cause']})" for f in poll["flagged"])
+            _say(
+                f"  {bus['name']:<8} {bus['line']:<10} {poll['meters']:>3} meters"
+                f" {bus['transactions']:>6} transactions  efficiency {bus['efficiency']:.3f}"
+                f"  {poll['readings']:>5} readings {rate:>6.1f}/s  flagged: {flagged or 'none'}"
+            )
+        total = sum(counts.values())
+        rate = (total - sum(before.values())) / span
+        _say(f"  total    {total} readings, {rate:.1f} readings/s {over} {span:.1f} s of polling")
+        self.last = (now, counts)
+        if isinstance(tasks, dict):
+            jobs, failed = tasks.get("jobs", 0), tasks.get("failed_jobs", 0)
+            _say(
+                f"  tasks    {jobs} freeze/back-fill reads ({failed} without a freeze),"
+                f" {tasks.get('curve_points', 0)} curve points"
+            )
+        up = status.get("uplink")
+        if isinstance(up, dict):
+            _say(
+                f"  uplink   broker {up['broker']} {'connected' if up['connected'] else 'DOWN'}"
+                f"  outbox {up['outbox_batches']} batches + {up['unbatched_readings']} readings"
+                f" waiting  acked seq {up['acked_seq']}  published {up['published']}"
+            )
+        stats = self.master.stats
         _say(
-            f"  {bus['name']:<8} {bus['line']:<10} {bus['transactions']:>5} transactions"
-            f"  efficiency {bus['efficiency']:.3f}  {poll['readings']:>4} readings"
-            f"  flagged: {flagged or 'none'}"
+            f"  master   {stats.readings} readings stored in {stats.batches} batches"
+            f" ({stats.duplicates} duplicates ignored)"
         )
-    if isinstance(tasks, dict):
-        jobs, failed = tasks.get("jobs", 0), tasks.get("failed_jobs", 0)
-        _say(
-            f"  tasks    {jobs} freeze/back-fill reads ({failed} without a freeze),"
-            f" {tasks.get('curve_points', 0)} curve points"
-        )
-    up = status.get("uplink")
-    if isinstance(up, dict):
-        _say(
-            f"  uplink   broker {up['broker']} {'connected' if up['connected'] else 'DOWN'}"
-            f"  outbox {up['outbox_batches']} batches + {up['unbatched_readings']} readings"
-            f" waiting  acked seq {up['acked_seq']}  published {up['published']}"
-        )
-    stats = master.stats
-    _say(
-        f"  master   {stats.readings} readings stored in {stats.batches} batches"
-        f" ({stats.duplicates} duplicates ignored)"
-    )
 
 
 def _journal(path: Path) -> list[Reading]:
@@ -326,16 +480,20 @@ def _key(r: Reading) -> tuple[object, ...]:
     return (r.meter, r.ts_ms, r.flags, tuple(sorted((int(q), v) for q, v in r.values.items())))
 
 
-def _settle(runtime: Runtime, master: Master, master_db: Path, timeout: float = 60.0) -> int:
+def _settle(
+    runtime: Runtime, view: _View, master_db: Path, stop: _Stop, timeout: float = 60.0
+) -> int:
     """Stop polling, wait until the master has the journal; 0 if it has it exactly once."""
-    for bus in runtime.buses.values():
-        bus.stop()
+    stopped_by_ctrl_c = stop.stopping()
+    _stop_polling(runtime)
+    view.polling_stopped()
     if runtime.store is not None:
         runtime.store.flush(10)
     readings = _journal(runtime.store_path)
     if not readings:
-        _say("journal: no readings")
-        return 1
+        _say("journal: no readings" + (" (stopped before any)" if stopped_by_ctrl_c else ""))
+        return 0 if stopped_by_ctrl_c else 1
+    _say(f"journal: {len(readings)} readings; waiting for the master to have them (Ctrl-C aborts)")
     want = Counter(_key(r) for r in readings)
     deadline = time.monotonic() + timeout
     got: Counter[tuple[object, ...]] = Counter()
@@ -345,11 +503,20 @@ def _settle(runtime: Runtime, master: Master, master_db: Path, timeout: float = 
         if got == want:
             break
         time.sleep(0.5)
-    _view(runtime, master)
+    view.show()
     ok = got == want
     _say(f"journal: {len(readings)} readings")
     _say(
         f"master: {sum(got.values())} readings stored, "
         + ("each once, all equal to the journal" if ok else "MISMATCH with the journal")
     )
+    at_master = {str(key[0]) for key in got}
+    for bus in runtime.config.serial_buses:
+        meters = [m for m in runtime.config.meters if m.bus == bus.name]
+        read = [m for m in meters if m.id in at_master]
+        areas = sorted({m.area for m in read if m.area})
+        _say(
+            f"master: {bus.name} {len(read)} of {len(meters)} meters read"
+            f" (areas {', '.join(areas) or 'none'})"
+        )
     return 0 if ok else 1
