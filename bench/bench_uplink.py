@@ -16,7 +16,8 @@ acknowledgements coming back (TCP/IP headers are not counted).
    at the rate measured in 1 (32 synthetic meters, timestamps spread over the hours
    before now), as if the broker had been away that long; then the gateway starts
    polling live with the uplink.  Reported: backlog readings per second into the
-   master's store (from the uplink's start until the master has them all), and how
+   master's store (from the uplink's start until the master has all the backlog
+   readings -- counted in its store by meter, live readings not counted), and how
    long live readings waited -- from their timestamp to their arrival at a
    subscriber of ``up/batch`` -- during the drain.
 
@@ -30,6 +31,7 @@ import contextlib
 import dataclasses
 import json
 import socket
+import sqlite3
 import sys
 import tempfile
 import threading
@@ -181,7 +183,7 @@ def _fill(store: Path, count: int, hours: float) -> None:
         for start in range(0, count, 10_000):
             s.submit_many(
                 Reading(
-                    f"bl-{i % meters:02d}",
+                    f"{BACKLOG_METERS}{i % meters:02d}",
                     now - span + i * span // count,
                     {
                         Quantity.ENERGY_IMPORT: 1_000_000 + i // meters * 3,
@@ -195,6 +197,30 @@ def _fill(store: Path, count: int, hours: float) -> None:
             s.flush(60)
 
 
+BACKLOG_METERS = "bl-"
+"""Name prefix of the synthetic backlog meters (the live ones are the bench's)."""
+
+
+def _backlog_count(master_db: Path) -> int:
+    """Backlog readings in the master's store (live readings not counted)."""
+    with contextlib.closing(sqlite3.connect(f"file:{master_db}?mode=ro", uri=True)) as db:
+        row = db.execute(
+            "SELECT count(*) FROM readings r JOIN meters m ON m.id = r.meter WHERE m.name LIKE ?",
+            (BACKLOG_METERS + "%",),
+        ).fetchone()
+    return int(row[0])
+
+
+def _backlog_stored(master_db: Path, count: int, timeout: float) -> bool:
+    """Wait until the master has stored all ``count`` backlog readings; False on timeout."""
+    deadline = time.monotonic() + timeout
+    while _backlog_count(master_db) < count:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 def backlog(
     work: Path, broker: Mosquitto, rate: float, hours: float, settings: UplinkSettings
 ) -> dict[str, float]:
@@ -205,13 +231,13 @@ def backlog(
     sim_config = load_sim_config(example_sim_config_path(), link_dir=str(work / "links-2"))
     with (
         Simulator(sim_config) as sim,
-        Master(work / "master-2.db", broker.host, broker.port) as master,
+        Master(work / "master-2.db", broker.host, broker.port),
     ):
         rt = _runtime(work, sim, broker.port, store, settings)
         started_ms = time.time_ns() // 1_000_000
         t0 = time.monotonic()
         with rt:
-            ok = master.wait_until(lambda s: s.readings >= count, 600)
+            ok = _backlog_stored(work / "master-2.db", count, 600)
             drained = time.monotonic() - t0
             time.sleep(2)
     arrivals.close()

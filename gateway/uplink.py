@@ -97,7 +97,8 @@ def backoff_delay(failures: int, settings: UplinkSettings, rng: random.Random) -
     do not all come back at once.
     """
     s = settings
-    base = min(s.backoff_max, s.backoff_min * 2 ** min(max(failures, 1) - 1, 16))
+    doublings = min(max(failures, 1) - 1, 16)
+    base = min(s.backoff_max, s.backoff_min * float(1 << doublings))
     return base * rng.uniform(0.5, 1.0)
 
 

@@ -1,11 +1,11 @@
 """The uplink against a real Mosquitto and a small acknowledging master written here:
 every journaled reading arrives, acknowledgements prune the outbox and raise the
 journal's marks, a missing seq is re-sent, the status topic is retained online and
-the will/stop says offline, and a stopped broker is found again within 2 s."""
+a clean stop says offline.  (The broker's will after a kill, the probe that finds a
+restarted broker, the back-off and the in-flight bound: test_uplink_delivery.py.)"""
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -179,43 +179,6 @@ def test_without_master_acks_nothing_is_pruned_and_the_window_bounds_the_outbox(
             assert len(reader.pending()) == 4  # built only as far as the window allows
         assert acked(store) == 0
         wait_for(lambda: uplink.status()["unbatched_readings"] == 1000 - 4 * 50, 5, "the status")
-    finally:
-        uplink.stop()
-
-
-def test_a_broker_that_is_back_is_published_to_within_two_seconds(
-    broker: Mosquitto, master: MiniMaster, store: Store
-) -> None:
-    uplink = Uplink(store, config(broker), UplinkSettings(linger=0.2)).start()
-    try:
-        store.submit(reading(0))
-        wait_for(lambda: acked(store) == 1, 10, "the first reading")
-        master.close()
-        broker.stop()
-        wait_for(lambda: not uplink.connected, 10, "the uplink to see the loss")
-        store.submit_many(reading(i) for i in range(1, 400))  # polled during the outage
-        time.sleep(12)  # long enough for any exponential back-off to pass 2 s
-        listener: queue.Queue[float] = queue.Queue()
-        restarted = time.monotonic()
-        broker.start()
-        sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="listener")
-        sub.on_message = lambda *_: listener.put(time.monotonic())
-        sub.connect(broker.host, broker.port)
-        sub.subscribe("gw/+/up/batch", qos=1)
-        sub.loop_start()
-        try:
-            first = listener.get(timeout=10) - restarted
-        finally:
-            sub.loop_stop()
-            sub.disconnect()
-        # from the broker's restart to the first batch a subscriber sees; if the
-        # listener subscribed after the first publish it saw a later one, so this only
-        # overstates the delay
-        print(f"first batch seen {first:.3f} s after the broker was restarted")
-        # Measured 0.25-0.54 s here (issue: within 2 s).  The bound asserted is looser so
-        # a busy shared machine cannot fail it, yet tight enough to fail any exponential
-        # back-off: after 12 s away such a client waits well over 5 s to retry.
-        assert first < 5.0, first
     finally:
         uplink.stop()
 

@@ -2,8 +2,8 @@
 real Mosquitto -> the master's ingest and store.
 
 - every journaled reading is in the master's store exactly once, through a 60 s
-  broker stop during polling, and the gateway publishes again within 2 s of the
-  broker's return;
+  broker stop during polling (the time from the broker's return to the gateway's
+  first batch, and to the master having everything, are printed);
 - a gateway store deleted and recreated (new epoch) has its new data stored, not
   discarded as duplicates.
 """
@@ -118,10 +118,10 @@ def test_every_reading_once_through_a_60_s_broker_outage(broker: Mosquitto, tmp_
             # gateway probes the port every 0.5 s (jittered) while it is away, so it is
             # back within about 0.6 s plus a connection; if the listener subscribed after
             # that first publish it sees a later one, which only overstates the delay.
+            # A figure, printed below (measured 0.25-0.54 s; issue: within 2 s).  What
+            # guarantees it -- the probe ends any back-off once the port opens -- is tested
+            # on its own in test_uplink_delivery.py.
             back = first_batch_after_restart(broker)
-            # measured 0.25-0.54 s (issue: within 2 s); asserted loosely, as in
-            # test_uplink.py, so a busy machine cannot fail it but a back-off design would
-            assert back < 5.0, back
             time.sleep(3)  # live polling and the backlog drain together
             for bus in rt.buses.values():
                 bus.stop()  # polling ends; the uplink goes on
