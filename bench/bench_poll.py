@@ -78,7 +78,6 @@ from gateway.protocols.linetiming import LineSettings
 from gateway.protocols.quantities import Reading
 from gateway.runtime import Runtime
 from gateway.store import Store
-from gateway.store.ledger import EntryKind, Ledger, TopUp
 
 __all__ = ["main"]
 
@@ -180,6 +179,8 @@ def gateway_yaml(link_dir: str, n: int, store: str, charging: bool = False) -> s
 
 def fund(config: Any, store_path: Path) -> None:
     """Every account funded (FUND) before the gateway starts."""
+    from gateway.store.ledger import EntryKind, Ledger, TopUp  # only here: memory
+
     store = Store.open(store_path, gateway_id=config.gateway_id)
     try:
         ledger = Ledger(store)

@@ -27,39 +27,89 @@ by command), the
 from __future__ import annotations
 
 import logging
+import os
+import sqlite3
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from gateway import __version__
-from gateway.charging import Charger
 from gateway.clock import Clock, SystemClock
-from gateway.commands import CommandService
 from gateway.config import GatewayConfig
 from gateway.drivers.bus import Bus
 from gateway.drivers.registry import make_driver
 from gateway.poller import Journal, Poller, PollSettings
 from gateway.protocols.batch import HealthKind, HealthRecord, MeterEvent
-from gateway.relays import RelayController
-from gateway.relays.targets import targets as relay_targets
 from gateway.status import DEFAULT_SOCKET, StatusServer
-from gateway.store.ledger import Ledger
 from gateway.store.store import Store
 from gateway.store.writer import StoreWriter
-from gateway.tariff_updates import load_book
-from gateway.tariff_updates import status as tariff_status
-from gateway.tasks.attach import Calendar, attach
-from gateway.uplink import Uplink, UplinkSettings
 
-__all__ = ["BUS_HEALTH_KIND", "Runtime"]
+if TYPE_CHECKING:  # imported in start() only when the configuration uses them (memory)
+    from gateway.charging import Charger
+    from gateway.commands import CommandService
+    from gateway.relays import RelayController
+    from gateway.tasks.attach import Calendar
+    from gateway.uplink import Uplink, UplinkSettings
+
+__all__ = ["BUS_HEALTH_KIND", "STORAGE_HEALTH_INTERVAL", "Runtime", "versions"]
 
 _logger = logging.getLogger("gateway")
 
 BUS_HEALTH_KIND = HealthKind.BUS
 """Health record kind of a bus's port events: values ``bus``, ``event`` (``port_lost`` |
 ``port_restored``) and ``error``."""
+STORAGE_HEALTH_INTERVAL = 3600.0
+"""Seconds between the store's storage health records (one at start, then hourly)."""
+
+_DISTRIBUTIONS = {"pymodbus": "pymodbus", "pyserial": "pyserial", "paho_mqtt": "paho-mqtt"}
+"""Start record key -> installed distribution whose version it carries."""
+
+
+def dist_version(name: str) -> str:
+    """An installed distribution's version, from its ``<name>-<version>.dist-info``
+    directory on ``sys.path`` (what importlib.metadata reads, without the 1.2 MB its
+    imports and look-ups cost); "absent" when it is not installed."""
+    prefix = name.replace("-", "_").lower() + "-"
+    for entry in sys.path:
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:
+            continue
+        for found in sorted(names):
+            version = found[len(prefix) : -len(".dist-info")]
+            if (
+                found.endswith(".dist-info")
+                and found.lower().startswith(prefix)
+                and version[:1].isdigit()
+            ):
+                return version
+    return "absent"
+
+
+def versions(*, fastpath: bool = False) -> dict[str, str]:
+    """What the start record says the gateway runs on: its own version, Python's,
+    SQLite's, the serial, Modbus and MQTT libraries' (read without importing them), and
+    the prepaid fast path's build (``compiled`` | ``pure``, and why when pure) when
+    ``fastpath`` or already loaded (else ``unused``: nothing is charged)."""
+    out = {
+        "version": __version__,
+        "python": ".".join(map(str, sys.version_info[:3])),
+        "sqlite": sqlite3.sqlite_version,
+    }
+    for key, dist in _DISTRIBUTIONS.items():
+        out[key] = dist_version(dist)
+    out["fastpath"] = "unused"
+    if fastpath or "gateway.fastpath" in sys.modules:
+        from gateway import fastpath as fast
+
+        out["fastpath"] = fast.IMPLEMENTATION
+        if fast.UNAVAILABLE_REASON:
+            out["fastpath_reason"] = fast.UNAVAILABLE_REASON[:200]
+    return out
 
 
 class Runtime:
@@ -77,10 +127,12 @@ class Runtime:
         calendar: bool = False,
         uplink: bool | UplinkSettings = False,
         charging: bool = False,
+        storage_interval: float | None = STORAGE_HEALTH_INTERVAL,
     ) -> None:
         """``uplink``: publish the journal to the configured broker (True, or settings).
         ``charging``: post each billed meter's charges with its reading
-        (:class:`~gateway.charging.Charger`; the config's accounts synced first)."""
+        (:class:`~gateway.charging.Charger`; the config's accounts synced first).
+        ``storage_interval``: seconds between the store's storage health records."""
         self.config = config
         self.clock: Clock = clock or SystemClock(config.timezone)
         self.settings = settings or PollSettings.from_config(config.polling)
@@ -89,12 +141,17 @@ class Runtime:
         self.reopen_max = reopen_max
         self.calendar_enabled = calendar
         self.calendar: Calendar | None = None
-        self.uplink_settings = (
-            uplink if isinstance(uplink, UplinkSettings) else UplinkSettings() if uplink else None
-        )
+        self.uplink_settings: UplinkSettings | None = None
+        if uplink is True:
+            from gateway.uplink import UplinkSettings
+
+            self.uplink_settings = UplinkSettings()
+        elif uplink is not False:
+            self.uplink_settings = uplink
         self.uplink: Uplink | None = None
         self.commands: CommandService | None = None
         self.charging = charging
+        self.storage_interval = storage_interval
         self.charger: Charger | None = None
         self.relays: RelayController | None = None
         self.store: Store | None = None
@@ -118,8 +175,9 @@ class Runtime:
             gateway_id=self.config.gateway_id,
             now_ms=self.now_ms,
             max_bytes=self.config.store.max_bytes,
+            storage_interval=self.storage_interval,
             start_info={
-                "version": __version__,
+                **versions(fastpath=self.charging),
                 "config": self.config.source,
                 "time_trusted": int(self.clock.trusted),
                 "time_source": self.clock.trust_source or "none",
@@ -131,6 +189,13 @@ class Runtime:
         try:
             journal: Journal = store.writer
             if self.charging:
+                from gateway.charging import Charger
+                from gateway.relays import RelayController
+                from gateway.relays.targets import targets as relay_targets
+                from gateway.store.ledger import Ledger
+                from gateway.tariff_updates import load_book
+                from gateway.tariff_updates import status as tariff_status
+
                 today = self.clock.now().astimezone(ZoneInfo(self.config.timezone)).date()
                 Ledger(store).sync_accounts(
                     self.config.accounts, opened_day=today, opened_ms=self.now_ms()
@@ -177,8 +242,13 @@ class Runtime:
             for bus in self.buses.values():
                 bus.start()
             if self.calendar_enabled:
+                from gateway.tasks.attach import attach
+
                 self.calendar = attach(self)
             if self.uplink_settings is not None:
+                from gateway.commands import CommandService
+                from gateway.uplink import Uplink
+
                 self.commands = CommandService(self, self.config.commands.public_key).start()
                 self.add_status("commands", self.commands.status)
                 self.uplink = Uplink(

@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
 
+import pytest
+
+from gateway import __version__, fastpath
+from gateway.protocols.batch import HealthKind
 from gateway.protocols.quantities import EventCode, Reading
 from gateway.store.journal import JournalReader, Kind
 
@@ -122,9 +128,38 @@ def test_run_and_status_against_a_simulator_process(tmp_path: Path) -> None:
     down = subprocess.run(gateway("status", "--socket", str(sock)), capture_output=True, text=True)
     assert down.returncode == 2 and "no gateway answers" in down.stderr
     with JournalReader(store) as reader:
-        power = [r.values["event"] for _, r in reader.records(Kind.HEALTH) if r.kind == 1]
+        health = [r for _, r in reader.records(Kind.HEALTH)]
         readings = [r for _, r in reader.records(Kind.READINGS, limit=100_000)]
         events = [r for _, r in reader.records(Kind.EVENTS)]
-    assert power == ["start", "stop"]
+    power = [r.values for r in health if r.kind == HealthKind.POWER]
+    assert [p["event"] for p in power] == ["start", "stop"]
+    # the start record says what the gateway runs on
+    start = power[0]
+    assert start["version"] == __version__
+    assert start["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert start["sqlite"] == sqlite3.sqlite_version
+    assert start["pymodbus"] == version("pymodbus")
+    assert start["pyserial"] == version("pyserial")
+    assert start["paho_mqtt"] == version("paho-mqtt")
+    assert start["fastpath"] in ("unused", fastpath.IMPLEMENTATION)
+    # and the store its use at start (then hourly)
+    [usage] = [r.values for r in health if r.kind == HealthKind.STORAGE]
+    assert usage["event"] == "usage" and isinstance(usage["used_bytes"], int)
+    assert usage["unacknowledged_readings"] == 0 and usage["used_bytes"] > 0
     assert {r.meter for r in readings if isinstance(r, Reading)} == {"d1", "m1"}
     assert [(e.meter, e.code) for e in events] == [("d2", EventCode.COMM_FAILURE)]
+
+
+def test_versions_read_without_importing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.runtime import dist_version, versions
+
+    got = versions(fastpath=True)
+    assert got["fastpath"] == fastpath.IMPLEMENTATION
+    assert ("fastpath_reason" in got) == (fastpath.UNAVAILABLE_REASON is not None)
+    assert got["pymodbus"] == version("pymodbus")
+    # a distribution is found by its .dist-info name, not one that merely starts alike
+    for name in ("pyserial_asyncio-0.6.dist-info", "Paho_MQTT-9.1.dist-info", "pyserial-x"):
+        (tmp_path / name).mkdir()
+    monkeypatch.setattr(sys, "path", [str(tmp_path / "missing"), str(tmp_path)])
+    assert dist_version("paho-mqtt") == "9.1"
+    assert dist_version("pyserial") == "absent"
