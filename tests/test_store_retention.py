@@ -14,6 +14,7 @@ from gateway.protocols.batch import HealthRecord, MeterEvent, TaskKind, TaskResu
 from gateway.protocols.quantities import Quantity, Reading
 from gateway.store import EVENT_READINGS_DROPPED, Entry, Kind, Store
 from gateway.store.db import used_bytes
+from gateway.store.outbox import Outbox
 
 T0 = 1_767_225_600_000
 NOW = T0 + 86_400_000
@@ -180,3 +181,29 @@ def test_the_writer_enforces_the_bound_periodically(tmp_path: Path) -> None:
             codes = [r.code for _, r in reader.events()]
         assert set(codes) == {EVENT_READINGS_DROPPED}
         assert stats.transactions <= 3  # retention passes are not group commits
+
+
+def test_readings_held_by_an_outbox_batch_are_not_called_dropped(store: Store) -> None:
+    # Batches built before an outage keep their own copies of the readings, so deleting
+    # those rows for space loses nothing: no READINGS_DROPPED event may claim them.
+    store.mark_acknowledged(Kind.READINGS, 1000).result(10)
+    Outbox(store, batch_size=200, live_threshold=10**6).build(live=2).result(10)
+    ranges = store.writer.call(
+        lambda db: db.execute("SELECT readings_from, readings_to FROM outbox").fetchall()
+    ).result(10)
+    batched = {p for lo, hi in ranges for p in range(lo + 1, hi + 1)}
+    assert len(batched) == 400 and min(batched) > 0
+    result = store.enforce_retention(used(store) // 2).result(10)
+    left = set(positions(store))
+    gone = set(range(1, READINGS + 1)) - left
+    assert batched <= gone  # the batches' rows were deleted too ...
+    claimed = {
+        p
+        for d in result.dropped
+        for p in range(d.first_id, d.last_id + 1)
+        if f"m{(p - 1) % METERS}" == d.meter
+    }
+    assert not claimed & batched  # ... but no event claims them lost
+    assert claimed == gone - batched - set(range(1, 1001))  # every lost one is claimed
+    assert result.dropped_count == len(claimed)
+    assert result.pruned == 1000 + len(batched)

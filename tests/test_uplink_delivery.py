@@ -385,7 +385,7 @@ def test_a_long_outage_with_a_small_store_keeps_money_and_says_what_was_dropped(
         base = s.writer.call(used_bytes).result(10)
     max_bytes = base + 400_000  # about 5000 readings
     # a small window: batches built during the outage keep their payloads (and so the
-    # readings in them) whatever retention drops afterwards
+    # readings in them): retention deletes those rows without calling them dropped
     fast = UplinkSettings(
         linger=0.2, ack_timeout=3.0, backoff_min=0.5, probe_interval=0.2, window=4, batch_size=100
     )
@@ -452,12 +452,11 @@ def test_a_long_outage_with_a_small_store_keeps_money_and_says_what_was_dropped(
     spans = {(e.meter, int(e.detail["first_ts_ms"]), int(e.detail["last_ts_ms"])) for e in dropped}
     assert all(any(m == r.meter and lo <= r.ts_ms <= hi for m, lo, hi in spans) for r in missing)
     counted = sum(int(e.detail["count"]) for e in dropped)
-    # dropped and yet delivered: only what the window's batches held when it was built
-    assert len(missing) <= counted <= len(missing) + 4 * 100
+    # exactly what was lost: readings already in built batches are not claimed dropped
+    assert counted == len(missing)
     print(
         f"store bound {max_bytes} B: {len(submitted)} readings, {len(kept)} kept, "
-        f"{counted} dropped in {len(dropped)} events, {len(missing)} never reached the master "
-        f"({counted - len(missing)} dropped ones were already in built batches)"
+        f"{counted} dropped in {len(dropped)} events, each never reached the master"
     )
     assert integrity(path) == "ok" and integrity(master_db) == "ok"
 

@@ -3,7 +3,10 @@
 When the pages in use pass ``max_bytes``, readings are deleted oldest first down to
 ``low_water × max_bytes``: acknowledged ones first; if that is not enough,
 unacknowledged ones, each meter's dropped range recorded as an event
-(:data:`EVENT_READINGS_DROPPED`) in the same transaction.  Nothing else is ever
+(:data:`EVENT_READINGS_DROPPED`) in the same transaction.  An unacknowledged reading
+already built into an outbox batch is not dropped by deleting its journal row: the
+batch keeps its own copy until the master acknowledges it, so it is counted with the
+pruned ones and no event claims it lost.  Nothing else is ever
 deleted (events, task results, health, and later the ledger), and the newest
 reading is always kept so that positions keep increasing.  The file itself does not
 shrink: freed pages are reused by new rows.
@@ -25,7 +28,9 @@ __all__ = ["EVENT_READINGS_DROPPED", "DroppedRange", "RetentionResult", "enforce
 EVENT_READINGS_DROPPED = EventCode.READINGS_DROPPED
 """Event code: unacknowledged readings of this meter were deleted for space.
 
-Detail: ``count``, ``first_id``, ``last_id`` (positions), ``first_ts_ms``, ``last_ts_ms``.
+Detail: ``count``, ``first_id``, ``last_id`` (positions), ``first_ts_ms``, ``last_ts_ms``:
+every reading of the meter in that range is lost, none outside it (a reading of the
+meter kept in an outbox batch splits its range into two events).
 """
 
 _MAX_ROUNDS = 64
@@ -51,7 +56,7 @@ class RetentionResult:
     used_before: int
     used_after: int
     pruned: int
-    """Acknowledged readings deleted."""
+    """Acknowledged readings deleted, and unacknowledged ones whose outbox batch keeps them."""
     dropped: tuple[DroppedRange, ...]
     """Unacknowledged readings deleted, per meter."""
     over_budget: bool
@@ -90,8 +95,10 @@ def enforce(db: Database, max_bytes: int, now_ms: int, low_water: float = 0.9) -
             pruned += db.execute("DELETE FROM readings WHERE id <= ?", (last,)).rowcount
         else:
             last = _chunk_end(db, oldest, newest - 1, chunk)
-            dropped.extend(_record_drop(db, oldest, last, now_ms))
-            db.execute("DELETE FROM readings WHERE id <= ?", (last,))
+            lost = _record_drop(db, oldest, last, now_ms)
+            dropped.extend(lost)
+            deleted = db.execute("DELETE FROM readings WHERE id <= ?", (last,)).rowcount
+            pruned += deleted - sum(r.count for r in lost)
         freed_rows = pruned + sum(r.count for r in dropped)
         now_used = used_bytes(db)
         if now_used < used:
@@ -113,16 +120,31 @@ def _chunk_end(db: Database, first: int, limit: int, chunk: int) -> int:
 
 
 def _record_drop(db: Database, first: int, last: int, now_ms: int) -> list[DroppedRange]:
-    """Summarise readings ``first..last`` per meter and journal one event per meter."""
+    """Journal one event per meter and run of readings ``first..last`` that no outbox
+    batch holds (those are lost with their rows); a batched reading ends its meter's run."""
     rows = db.execute(
-        "SELECT r.meter, m.name, count(*), min(r.id), max(r.id), min(r.ts_ms), max(r.ts_ms)"
+        "SELECT r.id, r.meter, m.name, r.ts_ms, EXISTS (SELECT 1 FROM outbox o"
+        " WHERE r.id > o.readings_from AND r.id <= o.readings_to)"
         " FROM readings r JOIN meters m ON m.id = r.meter"
-        " WHERE r.id BETWEEN ? AND ? GROUP BY r.meter ORDER BY min(r.id)",
+        " WHERE r.id BETWEEN ? AND ? ORDER BY r.id",
         (first, last),
     ).fetchall()
+    runs: dict[int, list[tuple[int, int]]] = {}  # meter -> (id, ts) of its open run
+    closed: list[tuple[int, str, list[tuple[int, int]]]] = []
+    names: dict[int, str] = {}
+    for position, meter_id, name, ts_ms, batched in rows:
+        names[meter_id] = name
+        if batched:
+            if run := runs.pop(meter_id, None):
+                closed.append((meter_id, name, run))
+        else:
+            runs.setdefault(meter_id, []).append((position, ts_ms))
+    closed.extend((m, names[m], run) for m, run in runs.items())
+    closed.sort(key=lambda c: c[2][0][0])
     out: list[DroppedRange] = []
-    for meter_id, name, count, first_id, last_id, first_ts, last_ts in rows:
-        drop = DroppedRange(name, count, first_id, last_id, first_ts, last_ts)
+    for meter_id, name, run in closed:
+        stamps = [ts for _, ts in run]
+        drop = DroppedRange(name, len(run), run[0][0], run[-1][0], min(stamps), max(stamps))
         event = MeterEvent(name, now_ms, EVENT_READINGS_DROPPED, _detail(drop))
         db.execute(INSERT_SQL[Kind.EVENTS], (meter_id, *encode(event).params))
         out.append(drop)
