@@ -5,7 +5,11 @@ timing and collisions only from the simulator's bus log."""
 from __future__ import annotations
 
 import itertools
+import queue
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,15 +17,22 @@ from polling import (
     START,
     M,
     bench,
+    bus_lines,
     collisions,
     every_meter_read,
     expected_values,
     meters,
     requests,
+    sim_yaml,
     wait_for,
 )
 
+from gateway.clock import ManualClock
+from gateway.config import parse_config
+from gateway.drivers.bus import IDLE_MARGIN, Bus
 from gateway.drivers.jobs import Priority, ReadJob, WriteJob
+from gateway.drivers.registry import make_driver
+from gateway.drivers.serialport import SerialPort
 from gateway.poller import PollSettings
 from gateway.protocols.dlt645 import BroadcastTime
 from gateway.protocols.quantities import (
@@ -30,6 +41,8 @@ from gateway.protocols.quantities import (
     EventCode,
     Quantity,
 )
+from gateway.sim.config import parse_sim_config
+from gateway.sim.service import Simulator
 
 CONTINUOUS = PollSettings(interval=0, fail_after=2, backoff_base=60)
 
@@ -61,6 +74,105 @@ def test_two_buses_of_32_meters_read_the_truth_without_collisions(tmp_path: Path
         assert b.journal.readings("mb1")[-1].values[Quantity.ENERGY_IMPORT] == 60 * 123_450
         status = b.buses["mb"].status()
         assert status["errors"] == 0 and status["transactions"] > 0
+
+
+class SlowWrite(SerialPort):
+    """A real pty whose ``write`` is held up before the bytes go (a preempted thread,
+    a slow driver): ``delays`` are taken one per write (none left: no delay)."""
+
+    def __init__(self, path: str, line: object, delays: list[float]) -> None:
+        super().__init__(path, line)  # type: ignore[arg-type]
+        self.delays = delays
+
+    def write(self, data: bytes) -> None:
+        if self.delays:
+            time.sleep(self.delays.pop(0))
+        super().write(data)
+
+
+class LateAdapter(SerialPort):
+    """A real pty behind an adapter that returns from ``write`` at once and puts the
+    bytes on the line later (a USB adapter's latency): ``delays`` one per write, in
+    order, a write never overtaking the one before."""
+
+    def __init__(self, path: str, line: object, delays: list[float]) -> None:
+        super().__init__(path, line)  # type: ignore[arg-type]
+        self.delays = delays
+        self._out: queue.Queue[tuple[float, bytes] | None] = queue.Queue()
+        self._worker = threading.Thread(target=self._send, daemon=True)
+        self._worker.start()
+
+    def write(self, data: bytes) -> None:
+        delay = self.delays.pop(0) if self.delays else 0.0
+        self._out.put((time.monotonic() + delay, data))
+
+    def _send(self) -> None:
+        while (item := self._out.get()) is not None:
+            due, data = item
+            time.sleep(max(0.0, due - time.monotonic()))
+            super().write(data)
+
+    def stop(self) -> None:
+        self._out.put(None)
+        self._worker.join(2)
+
+
+@contextmanager
+def _one_bus(
+    tmp_path: Path, port_class: type[SerialPort], delays: list[float]
+) -> Iterator[tuple[Simulator, Bus]]:
+    """A DL/T 645 bus at 115200 with two meters and no poller; the gateway's port is a
+    ``port_class`` wrapping the simulator's pty."""
+    buses = [("dl", "dlt645", 115200)]
+    ms = meters("dl", "dlt645", 2, turnaround_ms=5)
+    clock = ManualClock(START)
+    config = parse_sim_config(sim_yaml(buses, ms), "s.yaml", link_dir=str(tmp_path))
+    with Simulator(config, clock) as sim:
+        lines = ["gateway_id: gw", "serial_buses:", *bus_lines(sim, buses), "meters:"]
+        lines += [f"  - {{id: {m.id}, bus: dl, address: '{m.address}'}}" for m in ms]
+        lines += ["uplink: {host: localhost}", "store: {path: gw.db}"]
+        gw = parse_config("\n".join(lines) + "\n", "gw.yaml")
+        (bus_config,) = gw.serial_buses
+        drivers = {m.id: make_driver(m, bus_config) for m in gw.meters}
+        port = port_class(bus_config.port, bus_config.line, delays)  # type: ignore[call-arg]
+        bus = Bus(bus_config, drivers, clock=clock, port=port).start()
+        try:
+            yield sim, bus
+        finally:
+            bus.stop()
+            if isinstance(port, LateAdapter):
+                port.stop()
+
+
+def _broadcast_then_read(sim: Simulator, bus: Bus) -> None:
+    broadcast = WriteJob("dl1", BroadcastTime(datetime(2024, 6, 1, 12, 0, 5)), expect_reply=False)
+    sent = bus.submit(broadcast)
+    read = bus.submit(ReadJob("dl2", (0x00010000,)))
+    assert sent.result(5).ok
+    got = read.result(5)
+    log = sim.bus("dl").log
+    print("bus log:", [(e.direction, e.result, round(e.start, 4), round(e.end, 4)) for e in log])
+    assert [e.result for e in log if e.direction == "request"] == ["broadcast", "ok"]
+    assert collisions(log) == 0 and sim.bus("dl").counters.collisions == 0
+    assert got.ok, got.error
+    (b, r) = requests(log)
+    assert r.start - b.end >= bus.gap
+
+
+def test_a_delayed_write_keeps_the_gap_after_a_broadcast(tmp_path: Path) -> None:
+    # the broadcast's write is held up 50 ms (longer than any margin): the silent gap
+    # must be counted from when its bytes really went, not from before the write
+    with _one_bus(tmp_path, SlowWrite, [0.05]) as (sim, bus):
+        _broadcast_then_read(sim, bus)
+
+
+def test_adapter_latency_is_allowed_for_after_a_broadcast(tmp_path: Path) -> None:
+    # write() returns at once, the broadcast reaches the line 10 ms later and the next
+    # request queues behind it: nothing shows the bus when the broadcast ended, so it
+    # waits the adapter's latency margin before the next frame
+    assert IDLE_MARGIN > 0.01
+    with _one_bus(tmp_path, LateAdapter, [0.01]) as (sim, bus):
+        _broadcast_then_read(sim, bus)
 
 
 def _others_rate(log: list, faulty_unit: str, start: float, end: float) -> float:

@@ -7,9 +7,12 @@ the next periodic poll, so polls are made just in time and never pile up.
 Pacing.  Before every request the bus waits until the line has been silent for the
 gap (Modbus t3.5: 3.5 characters, 1.75 ms above 19200 baud; the same gap on a DL/T
 645 line) measured from the end of the last byte the bus sent or received, whoever
-sent it, plus what the addressed meter needs (``settle``).  Bytes that arrive while
-waiting (a late reply, noise) push the start back.  After a garbled or cut-off reply
-the bus also waits :data:`IDLE_MARGIN`, since the rest may still be on its way.
+sent it, plus what the addressed meter needs (``settle``).  The end of a request is
+reckoned from the moment its ``write`` returned (never from before the write, which
+may be delayed), plus its line time.  Bytes that arrive while waiting (a late reply,
+noise) push the start back.  After a garbled or cut-off reply the bus also waits
+:data:`IDLE_MARGIN`, since the rest may still be on its way, and so it does after a
+frame that gets no reply (a broadcast): no reply shows when the line fell silent.
 
 Reading.  A reply must start within the meter's allowance after the request's last
 byte left (write time + wire time) and then keep coming at line speed: the bus waits
@@ -358,12 +361,17 @@ class Bus:
         port = self.port
         char = self.line.char_time
         self._quiet(settle)
-        t0 = monotonic()
         port.write(request)
-        tx_end = t0 + len(request) * char
+        # Taken after the write: the bytes may have waited (a preempted thread, a slow
+        # driver) and the first can leave no earlier than the write handed it over, so
+        # the last has surely left only a full frame's line time after this.
+        tx_end = monotonic() + len(request) * char
         self._tx_end = tx_end
         self.stats.bytes_out += len(request)
         if reader is None:
+            # Nothing will come back to show when the line fell silent: allow for the
+            # latency of the OS and a USB adapter before the next frame.
+            self._extra_quiet = IDLE_MARGIN
             return Exchange(None, tx_end)
         deadline = tx_end + allowance
         first: float | None = None
