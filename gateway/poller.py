@@ -5,7 +5,8 @@ on that bus's thread (it never blocks: readings and events go to the store write
 queue).  Every meter is polled every :attr:`PollSettings.interval` seconds; an interval
 of 0 polls continuously, as fast as the line allows, in round-robin order.  Queued
 jobs (relay, on-demand, tasks) always go first: the bus asks the poller only when its
-queue is empty.
+queue is empty.  A meter's own ``poll_interval_s`` (configuration) replaces the interval
+for that meter alone.
 
 Communication failure (domain.md).  A poll fails when the meter did not communicate
 (no answer, garbled, wrong address); a negative reply is an answer.  After
@@ -15,7 +16,9 @@ the bus answers: the line), ``garbled`` (wiring, baud rate), ``wrong-address`` -
 :attr:`~gateway.protocols.quantities.EventCode.COMM_FAILURE` event is written.  A
 flagged meter is re-probed (once, no retries) after ``backoff_base`` seconds, then
 twice as long each time up to ``backoff_max``, so it costs the others next to nothing;
-when it answers, :attr:`~EventCode.COMM_RESTORED` is written and normal polling resumes.
+a meter whose own interval is longer waits at least that interval (a probe never comes
+more often than a poll would).  When it answers, :attr:`~EventCode.COMM_RESTORED` is
+written and normal polling resumes.
 
 Energy registers (no false consumption).  Each reading's energy registers are
 compared with the meter's previous ones:
@@ -96,7 +99,8 @@ class PollSettings:
     """How a bus polls its meters (one object for every bus of a gateway)."""
 
     interval: float = 15.0
-    """Seconds between polls of one meter; 0: continuously, as fast as the line allows."""
+    """Seconds between polls of one meter; 0: continuously, as fast as the line allows.
+    A meter's configured ``poll_interval_s`` replaces it for that meter."""
     fail_after: int = 3
     """Consecutive failed polls before a meter is flagged."""
     backoff_base: float = 30.0
@@ -123,6 +127,8 @@ class MeterState:
     """What the poller knows about one meter (monotonic seconds)."""
 
     driver: MeterDriver
+    interval: float = 15.0
+    """Seconds between its polls (its own ``poll_interval_s`` or the bus's)."""
     due: float = 0.0
     polls: int = 0
     ok_polls: int = 0
@@ -169,7 +175,9 @@ class Poller:
         self.meters: dict[str, MeterState] = {}
         known = known_numbers or {}
         for i, (meter_id, driver) in enumerate(drivers.items()):
-            state = MeterState(driver, due=i * 1e-9)
+            own = driver.meter.poll_interval_s
+            interval = settings.interval if own is None else own
+            state = MeterState(driver, interval=interval, due=i * 1e-9)
             if driver.protocol != "dlt645":
                 state.number_due = None
             state.number = known.get(meter_id)
@@ -213,7 +221,7 @@ class Poller:
         state.failures = 0
         state.probes = 0
         state.ok_polls += 1
-        state.due = now + self.settings.interval
+        state.due = now + state.interval
         if result.reading is not None:
             self._store(state, result.reading, now)
 
@@ -270,7 +278,7 @@ class Poller:
             state.number_due = None  # the meter keeps no number: never ask again
             return
         if not result.ok:
-            state.number_due = now + max(self.settings.interval, 60.0)
+            state.number_due = now + max(state.interval, 60.0)
             return
         state.number_due = now + self.settings.number_check_every
         number = result.values.get(METER_NUMBER_DI)
@@ -295,22 +303,28 @@ class Poller:
         state.error = result.error
         state.cause = self._hint(state, result.cause or "no-answer")
         if state.flagged:
-            delay = min(self.settings.backoff_max, self.settings.backoff_base * 2**state.probes)
+            state.due = now + self._backoff(state, state.probes)
             state.probes += 1
-            state.due = now + delay
             return
-        state.due = now + self.settings.interval
+        state.due = now + state.interval
         if state.failures >= self.settings.fail_after:
             state.flagged = True
             state.flagged_since = now
             state.probes = 1
-            state.due = now + self.settings.backoff_base
+            state.due = now + self._backoff(state, 0)
             detail: dict[int | str, int | str] = {
                 "cause": state.cause,
                 "polls": state.failures,
                 "error": (result.error or "")[:200],
             }
             self._event(state.id, self._ts_ms(), EventCode.COMM_FAILURE, detail)
+
+    def _backoff(self, state: MeterState, probes: int) -> float:
+        """Seconds before a flagged meter's next probe after ``probes`` probes: the base
+        (never less than the meter's own interval) doubled per probe, up to the cap (or
+        the base, if longer)."""
+        base = max(self.settings.backoff_base, state.interval)
+        return float(min(max(self.settings.backoff_max, base), base * 2**probes))
 
     def _hint(self, state: MeterState, cause: str) -> str:
         """``bus-silent`` when no meter of a bus of several answers any more."""

@@ -381,6 +381,30 @@ def test_polling_section_errors_are_located(tmp_path: Path) -> None:
     assert any(f"{bad}:{row + 1}:3:" in m and "fail_after" in m for m in messages), messages
 
 
+def test_a_meter_s_own_poll_interval() -> None:
+    text = GOOD.replace(
+        '    address: "000000000001"\n', '    address: "000000000001"\n    poll_interval_s: 300\n'
+    )
+    text = text.replace(
+        "    profile: generic\n", "    profile: generic\n    poll_interval_s: 0.5\n"
+    )
+    cfg = parse_config(text)
+    assert (cfg.meter("m1").poll_interval_s, cfg.meter("m2").poll_interval_s) == (300, 0.5)
+    assert parse_config(GOOD).meter("m1").poll_interval_s is None  # polling.interval_s
+    for value, fragment in [
+        ("-1", "must be between 0 and 86400, not -1"),
+        ("90000", "must be between 0 and 86400"),
+        ("often", "must be a number"),
+    ]:
+        bad = GOOD.replace(
+            '    address: "000000000001"\n',
+            f'    address: "000000000001"\n    poll_interval_s: {value}\n',
+        )
+        (error,) = errors_of(bad)
+        assert (error.line, error.column) == (_at(bad, "poll_interval_s"), 22), error
+        assert error.message.startswith("poll_interval_s: ") and fragment in error.message, error
+
+
 def test_a_float_tag_on_text_is_a_located_error() -> None:
     # found by the mutation property: `!!float x` made the YAML constructor raise ValueError
     text = EXAMPLE.replace("interval_s: 15", "interval_s: !!float x")

@@ -319,3 +319,33 @@ def test_a_negative_answer_is_not_a_communication_failure() -> None:
     assert not p.meters["d1"].flagged and journal.records == []
     p.job_done(ReadJob("d1", (0x04000402,)), JobResult("d1", False, cause="negative:02"), 0.0)
     assert p.meters["d1"].number_due is None  # no number: never asked again
+
+
+def test_a_meter_s_own_interval_and_its_probes() -> None:
+    drivers = {
+        "fast": Dlt645Driver(Meter("fast", "dl", address="1".zfill(12), poll_interval_s=2), DL_BUS),
+        "slow": Dlt645Driver(
+            Meter("slow", "dl", address="2".zfill(12), poll_interval_s=600), DL_BUS
+        ),
+        "usual": Dlt645Driver(Meter("usual", "dl", address="3".zfill(12)), DL_BUS),
+    }
+    clock = ManualClock(datetime(2024, 6, 1, 4, tzinfo=UTC))
+    settings = PollSettings(interval=30, fail_after=1, backoff_base=10, backoff_max=900)
+    p = Poller("dl", drivers, Journal(), clock, settings)
+    assert [p.meters[m].interval for m in drivers] == [2, 600, 30]
+    for m in drivers:
+        p.job_done(ReadJob(m), JobResult(m, True), 100.0)
+    assert [p.meters[m].due for m in drivers] == [102, 700, 130]
+    # a failed number check is retried after the meter's interval (at least a minute)
+    p.job_done(ReadJob("slow", (0x04000402,)), JobResult("slow", False, cause="no-answer"), 0.0)
+    assert p.meters["slow"].number_due == 600
+    # flagged: the fast meter backs off from backoff_base; the slow one never comes
+    # back sooner than its own interval, and its probes double from there (capped at 900,
+    # but never below its interval)
+    delays: dict[str, list[float]] = {"fast": [], "slow": []}
+    for m, got in delays.items():
+        for _ in range(4):
+            p.job_done(ReadJob(m), JobResult(m, False, cause="no-answer"), 1000.0)
+            got.append(p.meters[m].due - 1000.0)
+        assert p.meters[m].flagged
+    assert delays == {"fast": [10, 20, 40, 80], "slow": [600, 900, 900, 900]}

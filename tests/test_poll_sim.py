@@ -8,13 +8,14 @@ import itertools
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
 from polling import (
     START,
+    ListJournal,
     M,
     bench,
     bus_lines,
@@ -33,8 +34,9 @@ from gateway.drivers.bus import IDLE_MARGIN, Bus
 from gateway.drivers.jobs import Priority, ReadJob, WriteJob
 from gateway.drivers.registry import make_driver
 from gateway.drivers.serialport import SerialPort
-from gateway.poller import PollSettings
+from gateway.poller import Poller, PollSettings
 from gateway.protocols.dlt645 import BroadcastTime
+from gateway.protocols.linetiming import LineSettings
 from gateway.protocols.quantities import (
     FLAG_DISCONTINUITY,
     FLAG_ROLLOVER,
@@ -80,8 +82,8 @@ class SlowWrite(SerialPort):
     """A real pty whose ``write`` is held up before the bytes go (a preempted thread,
     a slow driver): ``delays`` are taken one per write (none left: no delay)."""
 
-    def __init__(self, path: str, line: object, delays: list[float]) -> None:
-        super().__init__(path, line)  # type: ignore[arg-type]
+    def __init__(self, path: str, line: LineSettings, delays: list[float]) -> None:
+        super().__init__(path, line)
         self.delays = delays
 
     def write(self, data: bytes) -> None:
@@ -95,8 +97,8 @@ class LateAdapter(SerialPort):
     bytes on the line later (a USB adapter's latency): ``delays`` one per write, in
     order, a write never overtaking the one before."""
 
-    def __init__(self, path: str, line: object, delays: list[float]) -> None:
-        super().__init__(path, line)  # type: ignore[arg-type]
+    def __init__(self, path: str, line: LineSettings, delays: list[float]) -> None:
+        super().__init__(path, line)
         self.delays = delays
         self._out: queue.Queue[tuple[float, bytes] | None] = queue.Queue()
         self._worker = threading.Thread(target=self._send, daemon=True)
@@ -119,29 +121,40 @@ class LateAdapter(SerialPort):
 
 @contextmanager
 def _one_bus(
-    tmp_path: Path, port_class: type[SerialPort], delays: list[float]
+    tmp_path: Path,
+    ms: list[M],
+    *,
+    port: Callable[[str, LineSettings], SerialPort] | None = None,
+    own_interval: dict[str, float] | None = None,
+    settings: PollSettings | None = None,
 ) -> Iterator[tuple[Simulator, Bus]]:
-    """A DL/T 645 bus at 115200 with two meters and no poller; the gateway's port is a
-    ``port_class`` wrapping the simulator's pty."""
+    """One DL/T 645 bus ``dl`` at 115200 with meters ``ms``: the gateway's port made by
+    ``port`` (default: the pty itself), the meters' ``poll_interval_s`` from
+    ``own_interval``, polled with ``settings`` (None: no poller, only submitted jobs)."""
     buses = [("dl", "dlt645", 115200)]
-    ms = meters("dl", "dlt645", 2, turnaround_ms=5)
     clock = ManualClock(START)
     config = parse_sim_config(sim_yaml(buses, ms), "s.yaml", link_dir=str(tmp_path))
+    own = own_interval or {}
     with Simulator(config, clock) as sim:
         lines = ["gateway_id: gw", "serial_buses:", *bus_lines(sim, buses), "meters:"]
-        lines += [f"  - {{id: {m.id}, bus: dl, address: '{m.address}'}}" for m in ms]
+        for m in ms:
+            interval = f", poll_interval_s: {own[m.id]}" if m.id in own else ""
+            lines.append(f"  - {{id: {m.id}, bus: dl, address: '{m.address}'{interval}}}")
         lines += ["uplink: {host: localhost}", "store: {path: gw.db}"]
         gw = parse_config("\n".join(lines) + "\n", "gw.yaml")
         (bus_config,) = gw.serial_buses
         drivers = {m.id: make_driver(m, bus_config) for m in gw.meters}
-        port = port_class(bus_config.port, bus_config.line, delays)  # type: ignore[call-arg]
-        bus = Bus(bus_config, drivers, clock=clock, port=port).start()
+        poller = None
+        if settings is not None:
+            poller = Poller("dl", drivers, ListJournal(), clock, settings)
+        the_port = port(bus_config.port, bus_config.line) if port is not None else None
+        bus = Bus(bus_config, drivers, clock=clock, port=the_port, scheduler=poller).start()
         try:
             yield sim, bus
         finally:
             bus.stop()
-            if isinstance(port, LateAdapter):
-                port.stop()
+            if isinstance(the_port, LateAdapter):
+                the_port.stop()
 
 
 def _broadcast_then_read(sim: Simulator, bus: Bus) -> None:
@@ -162,7 +175,8 @@ def _broadcast_then_read(sim: Simulator, bus: Bus) -> None:
 def test_a_delayed_write_keeps_the_gap_after_a_broadcast(tmp_path: Path) -> None:
     # the broadcast's write is held up 50 ms (longer than any margin): the silent gap
     # must be counted from when its bytes really went, not from before the write
-    with _one_bus(tmp_path, SlowWrite, [0.05]) as (sim, bus):
+    slow = lambda path, line: SlowWrite(path, line, [0.05])  # noqa: E731
+    with _one_bus(tmp_path, meters("dl", "dlt645", 2, turnaround_ms=5), port=slow) as (sim, bus):
         _broadcast_then_read(sim, bus)
 
 
@@ -171,8 +185,47 @@ def test_adapter_latency_is_allowed_for_after_a_broadcast(tmp_path: Path) -> Non
     # request queues behind it: nothing shows the bus when the broadcast ended, so it
     # waits the adapter's latency margin before the next frame
     assert IDLE_MARGIN > 0.01
-    with _one_bus(tmp_path, LateAdapter, [0.01]) as (sim, bus):
+    late = lambda path, line: LateAdapter(path, line, [0.01])  # noqa: E731
+    with _one_bus(tmp_path, meters("dl", "dlt645", 2, turnaround_ms=5), port=late) as (sim, bus):
         _broadcast_then_read(sim, bus)
+
+
+def _polls(log: list, address: str) -> list[float]:
+    """Start times of the polls of one meter in the bus log: its requests in runs, a
+    new run after a silence of 0.1 s towards it (a poll's requests follow each other
+    within milliseconds; the next poll is at least its interval, >= 0.2 s, later).  A
+    run of one request is the meter-number check, not a poll (a poll reads 7 DIs)."""
+    runs: list[list[float]] = []
+    for e in requests(log):
+        if e.address != address:
+            continue
+        if not runs or e.start - runs[-1][-1] > 0.1:
+            runs.append([])
+        runs[-1].append(e.start)
+    return [run[0] for run in runs if len(run) > 1]
+
+
+def test_each_meter_is_polled_at_its_own_interval(tmp_path: Path) -> None:
+    ms = meters("dl", "dlt645", 3, turnaround_ms=5)
+    own = {"dl1": 0.2, "dl2": 1.2}  # dl3 keeps the bus's interval: an hour
+    with _one_bus(tmp_path, ms, own_interval=own, settings=PollSettings(interval=3600)) as (
+        sim,
+        bus,
+    ):
+        time.sleep(4.0)
+        bus.stop()
+        log = sim.bus("dl").log
+    assert collisions(log) == 0 and all(e.result == "ok" for e in log)
+    polls = {m.id: _polls(log, m.address) for m in ms}
+    counts = {m: len(p) for m, p in polls.items()}
+    spacing = {m: min(b - a for a, b in itertools.pairwise(p)) for m, p in polls.items() if p[1:]}
+    print("polls in 4 s:", counts, "closest polls (s):", spacing)
+    # the counts in the ratio of the intervals (about 4.5 here with the polls' own line
+    # time; generous bounds), and never sooner than its interval (the next poll is due
+    # that long after the last one ended)
+    assert counts["dl3"] == 1  # the hourly meter: only the first poll
+    assert counts["dl2"] >= 2 and 3.0 <= counts["dl1"] / counts["dl2"] <= 7.0, counts
+    assert spacing["dl1"] >= 0.2 and spacing["dl2"] >= 1.2, spacing
 
 
 def _others_rate(log: list, faulty_unit: str, start: float, end: float) -> float:

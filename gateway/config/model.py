@@ -88,6 +88,9 @@ class Meter:
     account: str | None = None  #: account billed for it; None: unassigned ("red meter")
     area: str | None = None  #: transformer area (台区) it belongs to, for line loss
     role: Role = "customer"  #: ``customer`` (sales) or ``gate`` (关口表: the area's supply)
+    poll_interval_s: float | None = None
+    """Seconds between polls of this meter (0: as fast as the line allows; also the
+    least wait before re-probing it once flagged); None: ``polling.interval_s``."""
 
     @property
     def ratio(self) -> int:

@@ -241,6 +241,7 @@ def read_meter(r: Reader, node: Node) -> Item:
         "account": m.get("account", optional(identifier), None),
         "area": m.get("area", optional(identifier), None),
         "role": m.get("role", choice("customer", "gate"), "customer"),
+        "poll_interval_s": m.get("poll_interval_s", optional(number(0, 86_400)), None),
     }
     if values["role"] == "gate":
         if values["area"] is None and m.ok:
