@@ -127,7 +127,7 @@ def _one_bus(
     port: Callable[[str, LineSettings], SerialPort] | None = None,
     own_interval: dict[str, float] | None = None,
     settings: PollSettings | None = None,
-) -> Iterator[tuple[Simulator, Bus]]:
+) -> Iterator[tuple[Simulator, Bus, Poller | None]]:
     """One DL/T 645 bus ``dl`` at 115200 with meters ``ms``: the gateway's port made by
     ``port`` (default: the pty itself), the meters' ``poll_interval_s`` from
     ``own_interval``, polled with ``settings`` (None: no poller, only submitted jobs)."""
@@ -150,7 +150,7 @@ def _one_bus(
         the_port = port(bus_config.port, bus_config.line) if port is not None else None
         bus = Bus(bus_config, drivers, clock=clock, port=the_port, scheduler=poller).start()
         try:
-            yield sim, bus
+            yield sim, bus, poller
         finally:
             bus.stop()
             if isinstance(the_port, LateAdapter):
@@ -176,7 +176,7 @@ def test_a_delayed_write_keeps_the_gap_after_a_broadcast(tmp_path: Path) -> None
     # the broadcast's write is held up 50 ms (longer than any margin): the silent gap
     # must be counted from when its bytes really went, not from before the write
     slow = lambda path, line: SlowWrite(path, line, [0.05])  # noqa: E731
-    with _one_bus(tmp_path, meters("dl", "dlt645", 2, turnaround_ms=5), port=slow) as (sim, bus):
+    with _one_bus(tmp_path, meters("dl", "dlt645", 2, turnaround_ms=5), port=slow) as (sim, bus, _):
         _broadcast_then_read(sim, bus)
 
 
@@ -186,7 +186,7 @@ def test_adapter_latency_is_allowed_for_after_a_broadcast(tmp_path: Path) -> Non
     # waits the adapter's latency margin before the next frame
     assert IDLE_MARGIN > 0.01
     late = lambda path, line: LateAdapter(path, line, [0.01])  # noqa: E731
-    with _one_bus(tmp_path, meters("dl", "dlt645", 2, turnaround_ms=5), port=late) as (sim, bus):
+    with _one_bus(tmp_path, meters("dl", "dlt645", 2, turnaround_ms=5), port=late) as (sim, bus, _):
         _broadcast_then_read(sim, bus)
 
 
@@ -211,6 +211,7 @@ def test_each_meter_is_polled_at_its_own_interval(tmp_path: Path) -> None:
     with _one_bus(tmp_path, ms, own_interval=own, settings=PollSettings(interval=3600)) as (
         sim,
         bus,
+        _,
     ):
         time.sleep(4.0)
         bus.stop()
@@ -329,6 +330,52 @@ def test_priorities_relay_first(tmp_path: Path) -> None:
         assert not bad.ok and bad.cause == "negative:02"
         unknown = bus.submit(ReadJob("nobody")).result(1)
         assert not unknown.ok and "nobody" in (unknown.error or "")
+
+
+def test_the_four_priorities_in_full_order(tmp_path: Path) -> None:
+    # dl1 holds the bus with a long job; meanwhile a relay command, an on-demand read,
+    # a task and a job at poll priority are queued in scrambled order, and dl6's
+    # periodic poll falls due (its interval is shorter than the hold)
+    ms = meters("dl", "dlt645", 6, turnaround_ms=5)
+    settings = PollSettings(interval=3600)
+    with _one_bus(tmp_path, ms, own_interval={"dl6": 0.3}, settings=settings) as (
+        sim,
+        bus,
+        poller,
+    ):
+        assert poller is not None
+        wait_for(lambda: poller.status()["ok_polls"] >= 6, 10, "every meter polled")
+        hold = bus.submit(ReadJob("dl1", (0x00010000,) * 100), Priority.ON_DEMAND)
+        wait_for(hold.running, 5, "the long job on the wire")
+        done: list[str] = []
+        futures = []
+        for name, meter, priority in [
+            ("poll", "dl5", Priority.POLL),
+            ("task", "dl4", Priority.TASK),
+            ("on-demand", "dl3", Priority.ON_DEMAND),
+            ("relay", "dl2", Priority.RELAY),
+        ]:
+            f = bus.submit(ReadJob(meter, (0x00010000,)), priority)
+            f.add_done_callback(lambda _f, name=name: done.append(name))
+            futures.append(f)
+        assert not hold.done()  # all four were queued while the bus was held
+        dl6_due = poller.meters["dl6"].due
+        assert hold.result(10).ok and all(f.result(5).ok for f in futures)
+        wait_for(lambda: sim.bus("dl").log[-1].address == ms[5].address, 5, "dl6's poll")
+        bus.stop()
+        log = sim.bus("dl").log
+    assert done == ["relay", "on-demand", "task", "poll"]
+    # the line itself: after the hold's last request, one request each in priority
+    # order, then the periodic poll (the bus asks its poller only when nothing is queued)
+    held = [e for e in requests(log) if e.address == ms[0].address]
+    after = [e for e in requests(log) if e.start > held[-1].start]
+    names = {m.address: m.id for m in ms}
+    order = [names[e.address] for e in after]
+    print("after the hold:", order, f"dl6 due {held[-1].end - dl6_due:.3f} s before it ended")
+    assert dl6_due < held[-1].end  # the periodic poll was due while the bus was held
+    assert order[:4] == ["dl2", "dl3", "dl4", "dl5"]
+    assert order[4:] and set(order[4:]) == {"dl6"}
+    assert collisions(log) == 0
 
 
 def test_swap_and_rollover_give_events_and_no_false_consumption(tmp_path: Path) -> None:
