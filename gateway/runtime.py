@@ -280,12 +280,16 @@ class Runtime:
             self.commands.stop()  # the command in hand finishes (it uses the buses, the store)
             self.commands = None
         if self.calendar is not None:
-            self.calendar.stop()  # its tick thread uses the buses
-            self.calendar = None
+            # no new tick; the one in hand may wait for reads queued behind the polls,
+            # which stopping the buses cancels, so it is joined after them
+            self.calendar.signal()
         if self.relays is not None:
             self.relays.stop()  # no new relay jobs; those queued are cancelled with the buses
         for bus in self.buses.values():
             bus.stop()
+        if self.calendar is not None:
+            self.calendar.stop()
+            self.calendar = None
         if self.uplink is not None:
             self.uplink.stop()  # it uses the store's writer
             self.uplink = None

@@ -74,6 +74,10 @@ class Calendar:
     thread: TickThread
     history: JournalReader | None
 
+    def signal(self) -> None:
+        """No new tick; :meth:`stop` then waits for the one in hand."""
+        self.thread.signal()
+
     def stop(self, timeout: float | None = 30.0) -> None:
         self.thread.stop(timeout)
         if self.history is not None:

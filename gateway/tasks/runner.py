@@ -528,6 +528,10 @@ class TickThread:
             self._thread.start()
         return self
 
+    def signal(self) -> None:
+        """Ask the thread to stop after the tick in hand, without waiting."""
+        self._stop.set()
+
     def stop(self, timeout: float | None = 30.0) -> None:
         """Stop after the tick in hand (its reads may take a while)."""
         self._stop.set()
