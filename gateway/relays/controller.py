@@ -125,7 +125,11 @@ class RelayController(Operations, Reconciliation, Records):
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self._recheck_s = max(RECHECK_MIN_S, 2 * config.polling.interval_s)
+        slowest = max(
+            [config.polling.interval_s]
+            + [m.poll_interval_s for m in config.meters if m.poll_interval_s is not None]
+        )
+        self._recheck_s = max(RECHECK_MIN_S, 2 * slowest)  # every meter polled meanwhile
         self._retry_s = max(1.0, 10 * s.confirm_delay_s)
         self.counts = {"trips": 0, "closes": 0, "unconfirmed": 0, "resends": 0, "quiet_delays": 0}
         self._reloads_seen = self._reloads()
