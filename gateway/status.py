@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.billing.money import yuan
 from gateway.errors import TransportError
 
 __all__ = ["DEFAULT_SOCKET", "StatusServer", "format_status", "query", "relay_lines"]
@@ -192,6 +191,8 @@ def format_status(status: Mapping[str, Any]) -> str:
 
 def _yuan(amount: object) -> str:
     """A balance from the status JSON: 0.0001 yuan as exact text (anything else as is)."""
+    from gateway.billing.money import yuan  # client side only: the gateway need not load billing
+
     return f"{yuan(amount)} yuan" if isinstance(amount, int) else str(amount)
 
 
