@@ -190,6 +190,32 @@ def test_adapter_latency_is_allowed_for_after_a_broadcast(tmp_path: Path) -> Non
         _broadcast_then_read(sim, bus)
 
 
+def test_a_reply_later_than_its_allowance_is_heard_out_not_collided_with(
+    tmp_path: Path,
+) -> None:
+    # dl1 answers quickly, so its learned allowance is short (2 x turnaround + margin);
+    # then it turns late by 10 ms more than that allowance.  The bus times out, but
+    # the late reply is still coming: it must listen before the retry, drain the
+    # reply's bytes as stray and send the retry after it, not into it.
+    with _one_bus(tmp_path, meters("dl", "dlt645", 2, turnaround_ms=5)) as (sim, bus, _):
+        for _ in range(3):
+            assert bus.submit(ReadJob("dl1", (0x00010000,))).result(5).ok
+        allowance = bus.drivers["dl1"].allowance(0)
+        assert allowance < 0.1, allowance  # learned, not the cap
+        late_ms = (allowance + 0.010) * 1000 - 5  # the reply starts 10 ms after the timeout
+        sim.fault("dl1", "late", delay_ms=late_ms, seconds=0.3)
+        got = bus.submit(ReadJob("dl1", (0x00010000,))).result(5)
+        after = bus.submit(ReadJob("dl2", (0x00010000,))).result(5)
+        log = sim.bus("dl").log
+    print("allowance", round(allowance * 1000, 1), "ms; late by", round(late_ms, 1), "ms")
+    print("bus log:", [(e.direction, e.result, round(e.start, 4), round(e.end, 4)) for e in log])
+    assert collisions(log) == 0 and sim.bus("dl").counters.collisions == 0
+    assert got.ok and after.ok, (got.error, after.error)
+    assert bus.stats.stray_bytes > 0  # the late reply was heard and drained
+    late = [e for e in log if e.direction == "reply" and e.result == "fault:late"]
+    assert late and late[0].end < requests(log)[-2].start  # the retry came after it
+
+
 def _polls(log: list, address: str) -> list[float]:
     """Start times of the polls of one meter in the bus log: its requests in runs, a
     new run after a silence of 0.1 s towards it (a poll's requests follow each other

@@ -11,8 +11,10 @@ sent it, plus what the addressed meter needs (``settle``).  The end of a request
 reckoned from the moment its ``write`` returned (never from before the write, which
 may be delayed), plus its line time.  Bytes that arrive while waiting (a late reply,
 noise) push the start back.  After a garbled or cut-off reply the bus also waits
-:data:`IDLE_MARGIN`, since the rest may still be on its way, and so it does after a
-frame that gets no reply (a broadcast): no reply shows when the line fell silent.
+:data:`IDLE_MARGIN`, since the rest may still be on its way; so it does after a
+timeout (a reply later than its allowance may still start: its bytes, if they come,
+push the next request back instead of colliding with it) and after a frame that gets
+no reply (a broadcast): no reply shows when the line fell silent.
 
 Reading.  A reply must start within the meter's allowance after the request's last
 byte left (write time + wire time) and then keep coming at line speed: the bus waits
@@ -410,7 +412,10 @@ class Bus:
         except RemoteProtocolError:
             self._extra_quiet = IDLE_MARGIN
             raise
-        if n == 0:
-            raise MeterTimeout(f"no reply within {allowance * 1000:.0f} ms")
         self._extra_quiet = IDLE_MARGIN
+        if n == 0:
+            # A reply later than its allowance may still start: listen from now, so its
+            # bytes, if they come, push the next request back instead of colliding.
+            self._last_rx = max(self._last_rx, monotonic())
+            raise MeterTimeout(f"no reply within {allowance * 1000:.0f} ms")
         raise RemoteProtocolError(f"garbled: {n} bytes without a valid reply")
