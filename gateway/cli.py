@@ -5,8 +5,10 @@ imported lazily: ``gateway frame ...`` never imports the MQTT or Modbus stacks. 
 command module provides ``configure(parser)`` and ``run(args) -> int``.
 
 Any :class:`~gateway.errors.GatewayError` ends the command with a one-line message
-on stderr and exit status 2.  So does bad usage (a missing or unknown argument, an
-invalid choice), for every command and sub-command: one line,
+on stderr and exit status 2 (a :class:`~gateway.errors.ConfigError`: one line per
+mistake in the file, each with its file, line and column).  So does bad usage (a
+missing or unknown argument, an invalid choice), for every command and sub-command:
+one line,
 ``gateway <cmd>: error: <what>``, not argparse's usage block (``--help`` shows it).
 """
 
@@ -19,7 +21,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from gateway import __version__
-from gateway.errors import GatewayError
+from gateway.errors import ConfigError, GatewayError
 
 __all__ = ["COMMANDS", "main"]
 
@@ -81,6 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser(selected if selected in COMMANDS else None).parse_args(args_list)
     try:
         return int(args._run(args) or 0)
+    except ConfigError as exc:  # every mistake, one line each, as `config check` prints them
+        for error in exc.errors:
+            print(f"gateway {args.command}: {error}", file=sys.stderr)
+        return 2
     except GatewayError as exc:
         print(f"gateway {args.command}: {exc}", file=sys.stderr)
         return 2

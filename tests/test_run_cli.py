@@ -163,3 +163,28 @@ def test_versions_read_without_importing(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(sys, "path", [str(tmp_path / "missing"), str(tmp_path)])
     assert dist_version("paho-mqtt") == "9.1"
     assert dist_version("pyserial") == "absent"
+
+
+def test_a_bad_configuration_starts_nothing(tmp_path: Path) -> None:
+    # every mistake named by file, line and column, exit 2, and no store, socket or
+    # thread made: the gateway does not start on a half-understood configuration
+    bad = Path(__file__).parent / "data" / "config" / "bad_several.yaml"
+    store, sock = tmp_path / "gw.db", tmp_path / "s.sock"
+    run = subprocess.run(
+        gateway("run", "--config", str(bad), "--store", str(store), "--socket", str(sock)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.splitlines()
+    assert [line.split(": ")[:2] for line in lines] == [
+        ["gateway run", f"{bad}:7:11"],
+        ["gateway run", f"{bad}:11:14"],
+        ["gateway run", f"{bad}:14:3"],
+    ]
+    check = subprocess.run(gateway("config", "check", str(bad)), capture_output=True, text=True)
+    assert [f"gateway run: {line}" for line in check.stderr.splitlines()] == lines  # the same
+    assert "did you mean 'port'?" in lines[2]
+    assert run.stdout == ""
+    assert list(tmp_path.iterdir()) == []  # no store, no socket
