@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 import termios
 import tty
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -72,6 +75,39 @@ def test_registry_entry_points(monkeypatch: pytest.MonkeyPatch) -> None:
     plugins["gone"] = "no.such.module:Driver"
     with pytest.raises(ConfigError, match="cannot be loaded"):
         registry.driver_class("gone")
+
+
+def test_an_installed_package_adds_a_driver_by_entry_point(tmp_path: Path) -> None:
+    # a real distribution on sys.path (its dist-info with entry_points.txt), found by
+    # importlib.metadata in a fresh interpreter; the built-in table still wins its names
+    (tmp_path / "gwplug").mkdir()
+    (tmp_path / "gwplug" / "__init__.py").write_text(
+        "from gateway.drivers.dlt645 import Dlt645Driver\n\n"
+        "class Iec62056Driver(Dlt645Driver):\n    protocol = 'iec62056'\n"
+    )
+    info = tmp_path / "gwplug-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: gwplug\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[gateway.drivers]\niec62056 = gwplug:Iec62056Driver\nmodbus = gwplug:Iec62056Driver\n"
+    )
+    probe = (
+        "import sys\n"
+        "from gateway.drivers import registry\n"
+        "print(registry.available())\n"
+        "print(registry.driver_class('iec62056').__qualname__)\n"
+        "print(registry.driver_class('modbus').__qualname__)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "['dlt645', 'iec62056', 'modbus']",
+        "Iec62056Driver",
+        "ModbusDriver",  # the table wins over an entry point of the same name
+    ]
 
 
 def test_driver_settings_from_the_bus() -> None:

@@ -5,6 +5,10 @@ other packages add drivers through the entry-point group ``gateway.drivers``
 (``name = "package.module:Class"``), as python-can does for its interfaces.  The
 table wins over an entry point of the same name.  Nothing is imported until
 :func:`driver_class` asks for it, so a DL/T 645-only gateway never loads pymodbus.
+
+Not yet done: the configuration accepts only the built-in protocol names for a bus
+(the meters' fields, relays, tasks and time sync know only DL/T 645 and Modbus), so a
+plugin driver is reachable through this registry, not yet from a gateway's YAML.
 """
 
 from __future__ import annotations
