@@ -31,6 +31,7 @@ from gateway.protocols.quantities import (
 )
 from gateway.sim.config import parse_sim_config
 from gateway.sim.service import Simulator
+from gateway.status import format_status
 from gateway.store import Kind, Store
 from gateway.tasks import (
     Backfill,
@@ -537,6 +538,12 @@ def test_attached_to_the_runtime_across_midnight(tmp_path: Path) -> None:
                     assert status is TaskStatus.ESTIMATED, m
                 assert rt.status()["tasks"]["today"]["daily_freeze"]["rate"] == 1.0  # type: ignore[index]
                 assert "timesync" in rt.status()
+                # what `gateway status` prints: the day's completion per task kind
+                shown = format_status(rt.status()).splitlines()
+                (line,) = [x for x in shown if x.startswith("tasks ")]
+                assert line.startswith(f"tasks {JAN1.isoformat()}: "), line
+                n = len(rt.config.meters)
+                assert f"daily_freeze {n}/{n}" in line, line
             finally:
                 calendar.stop()
             assert rt.store is not None and rt.store.flush(5.0)
