@@ -104,11 +104,13 @@ def demo_sim_config_path() -> Path:
 
 class _Stop:
     """The demo's Ctrl-C: the first asks every phase to end (the demo then stops polling
-    and checks the master's store), the second raises KeyboardInterrupt (no waiting for
-    the master), later ones are ignored while the demo stops its parts."""
+    and checks the master's store), the second aborts the wait for the master (at that
+    wait, after polling has stopped, never in the middle of stopping a part), later
+    ones are ignored while the demo stops its parts."""
 
     def __init__(self) -> None:
         self.event = threading.Event()
+        self.abort = threading.Event()
         self.presses = 0
         self.announced = False
 
@@ -133,7 +135,7 @@ class _Stop:
         if self.presses == 1:
             self.event.set()
         elif self.presses == 2:
-            raise KeyboardInterrupt
+            self.abort.set()
 
     @contextmanager
     def installed(self) -> Iterator[_Stop]:
@@ -194,18 +196,11 @@ def _run(args: argparse.Namespace, stop: _Stop) -> int:
         runtime.clock.trust("demo: host clock")
         with runtime:
             _say(f"gateway {config.gateway_id}: polling; store {runtime.store_path}")
-            try:
-                money = _Money(runtime, sim, load_private_key(keys.private_path), host, port)
-                money.fund(stop)
-                view = _View(runtime, master)
-                _watch(view, args.seconds, money, stop)
-                settled = _settle(runtime, view, master_db, stop)
-            except KeyboardInterrupt:
-                # the buses first, as _settle does: the calendar's clock reads queued
-                # behind continuous polling are then cancelled, not waited for when the
-                # runtime stops
-                _stop_polling(runtime)
-                raise
+            money = _Money(runtime, sim, load_private_key(keys.private_path), host, port)
+            money.fund(stop)
+            view = _View(runtime, master)
+            _watch(view, args.seconds, money, stop)
+            settled = _settle(runtime, view, master_db, stop)  # a second Ctrl-C raises here
             _say("stopping the gateway, the master, the simulator and the broker")
             return settled or money.check()
 
@@ -502,7 +497,8 @@ def _settle(
             got = Counter(_key(r) for r in central.readings(runtime.config.gateway_id))
         if got == want:
             break
-        time.sleep(0.5)
+        if stop.abort.wait(0.5):
+            raise KeyboardInterrupt  # the second Ctrl-C: stop without the check
     view.show()
     ok = got == want
     _say(f"journal: {len(readings)} readings")
