@@ -164,6 +164,8 @@ class Uplink:
         self._depth = 0
         self._backlog = 0
         self._mqtt_ok = False
+        self._commands_ready = False
+        self._command_mid: int | None = None
 
     # -- life ------------------------------------------------------------------------------
 
@@ -182,6 +184,14 @@ class Uplink:
     def connected(self) -> bool:
         with self._lock:
             return self._mqtt_ok
+
+    @property
+    def commands_ready(self) -> bool:
+        """The broker acknowledged the subscription to ``down/cmd`` on this connection:
+        a command published from now on reaches the gateway (one published before its
+        first subscription ever is not kept for it)."""
+        with self._lock:
+            return self._commands_ready
 
     def alive(self) -> bool:
         return self._worker_thread.is_alive() and self._network_thread.is_alive()
@@ -230,6 +240,7 @@ class Uplink:
         )
         client.on_disconnect = lambda _c, _u, _f, rc, _p: ev.put(("disconnected", str(rc)))
         client.on_publish = lambda _c, _u, mid, _rc, _p: ev.put(("puback", mid))
+        client.on_subscribe = lambda _c, _u, mid, _rcs, _p: ev.put(("suback", mid))
         client.on_message = lambda _c, _u, msg: ev.put(("message", msg.topic, msg.payload))
         return client
 
@@ -340,7 +351,7 @@ class Uplink:
             self._sent_at.clear()
             self._client.subscribe(self._ack_topic, qos=QOS)
             if self.on_command is not None:
-                self._client.subscribe(self._command_topic, qos=QOS)
+                _, self._command_mid = self._client.subscribe(self._command_topic, qos=QOS)
             self._client.publish(self._status_topic, STATUS_ONLINE, qos=QOS, retain=True)
             with self._lock:
                 self._mqtt_ok = True
@@ -357,6 +368,10 @@ class Uplink:
             self._sent_at.clear()
             with self._lock:
                 self._mqtt_ok = False
+                self._commands_ready = False
+        elif kind == "suback" and event[1] == self._command_mid:
+            with self._lock:
+                self._commands_ready = True
         elif kind == "puback":
             self._inflight.pop(event[1], None)
         elif kind == "message" and event[1] == self._ack_topic:

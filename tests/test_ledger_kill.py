@@ -23,6 +23,7 @@ KILLS = 6
 CHILD = textwrap.dedent(
     """
     import sys
+    import time
     from datetime import date
     from gateway.store import Store
     from gateway.store.ledger import EntryKind, Ledger, TopUp
@@ -36,6 +37,7 @@ CHILD = textwrap.dedent(
     for i in range(int(sys.argv[2])):
         result = ledger.top_up(TopUp(f"t{i}", "A", EntryKind.TOP_UP, 1000 + i, i)).result(30)
         print(f"{i} {int(result.applied)}", flush=True)
+        time.sleep(0.002)  # slower than the parent's kill window, also on tmpfs
     print("done", flush=True)
     """
 )

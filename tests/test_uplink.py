@@ -19,7 +19,7 @@ from gateway.config import Uplink as UplinkConfig
 from gateway.mosquitto import Mosquitto
 from gateway.protocols.batch import Ack, Batch, decode_batch, encode_ack
 from gateway.protocols.quantities import EventCode, Quantity, Reading
-from gateway.protocols.topics import ack_topic, parse_topic
+from gateway.protocols.topics import ack_topic, command_topic, parse_topic
 from gateway.store import JournalReader, Kind, Store
 from gateway.store.outbox import OutboxReader
 from gateway.uplink import Uplink, UplinkSettings
@@ -233,3 +233,33 @@ def test_a_store_full_during_an_outage_sends_what_is_left_and_says_what_was_drop
             assert {e.code for e in events} == {EventCode.READINGS_DROPPED}
         finally:
             uplink.stop()
+
+
+def test_commands_are_ready_once_the_broker_acknowledged_the_subscription(
+    broker: Mosquitto, store: Store
+) -> None:
+    # commands_ready turns true only on the SUBACK for down/cmd; a command published from
+    # then on arrives (the demo's first top-up waits for it), and a lost broker clears it
+    got: list[bytes] = []
+    uplink = Uplink(store, config(broker), UplinkSettings(linger=0.1), on_command=got.append)
+    assert not uplink.commands_ready
+    uplink.start()
+    try:
+        wait_for(lambda: uplink.commands_ready, 10, "the command subscription")
+        sender = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="cmd-sender")
+        sender.connect(broker.host, broker.port)
+        sender.loop_start()
+        try:
+            topic = command_topic(uplink.config.prefix, "gw-u")
+            sender.publish(topic, b"\x01\x02", qos=1).wait_for_publish(5)
+            wait_for(lambda: got == [b"\x01\x02"], 5, "the command")
+        finally:
+            sender.loop_stop()
+            sender.disconnect()
+        broker.stop()
+        wait_for(lambda: not uplink.connected, 10, "the loss")
+        assert not uplink.commands_ready
+        broker.start()
+        wait_for(lambda: uplink.commands_ready, 10, "the subscription again")
+    finally:
+        uplink.stop()

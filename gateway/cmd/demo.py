@@ -296,6 +296,13 @@ class _Money:
         self.repaid = False
 
     def fund(self, stop: _Stop) -> None:
+        # a command published before the gateway's first subscription to down/cmd is
+        # not kept for it: wait (up to 15 s) until the broker acknowledged it
+        uplink = self.runtime.uplink
+        deadline = time.monotonic() + 15.0
+        while uplink is not None and not uplink.commands_ready:
+            if time.monotonic() > deadline or stop.wait(0.05):
+                break
         for account in self.prepaid:
             if stop.stopping():
                 _say("  (top-ups skipped: stopping)")
