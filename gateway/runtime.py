@@ -27,9 +27,6 @@ by command), the
 from __future__ import annotations
 
 import logging
-import os
-import sqlite3
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +44,7 @@ from gateway.protocols.batch import HealthKind, HealthRecord, MeterEvent
 from gateway.status import DEFAULT_SOCKET, StatusServer
 from gateway.store.store import Store
 from gateway.store.writer import StoreWriter
+from gateway.versions import versions
 
 if TYPE_CHECKING:  # imported in start() only when the configuration uses them (memory)
     from gateway.charging import Charger
@@ -55,7 +53,7 @@ if TYPE_CHECKING:  # imported in start() only when the configuration uses them (
     from gateway.tasks.attach import Calendar
     from gateway.uplink import Uplink, UplinkSettings
 
-__all__ = ["BUS_HEALTH_KIND", "STORAGE_HEALTH_INTERVAL", "Runtime", "versions"]
+__all__ = ["BUS_HEALTH_KIND", "STORAGE_HEALTH_INTERVAL", "Runtime"]
 
 _logger = logging.getLogger("gateway")
 
@@ -64,52 +62,6 @@ BUS_HEALTH_KIND = HealthKind.BUS
 ``port_restored``) and ``error``."""
 STORAGE_HEALTH_INTERVAL = 3600.0
 """Seconds between the store's storage health records (one at start, then hourly)."""
-
-_DISTRIBUTIONS = {"pymodbus": "pymodbus", "pyserial": "pyserial", "paho_mqtt": "paho-mqtt"}
-"""Start record key -> installed distribution whose version it carries."""
-
-
-def dist_version(name: str) -> str:
-    """An installed distribution's version, from its ``<name>-<version>.dist-info``
-    directory on ``sys.path`` (what importlib.metadata reads, without the 1.2 MB its
-    imports and look-ups cost); "absent" when it is not installed."""
-    prefix = name.replace("-", "_").lower() + "-"
-    for entry in sys.path:
-        try:
-            names = os.listdir(entry or ".")
-        except OSError:
-            continue
-        for found in sorted(names):
-            version = found[len(prefix) : -len(".dist-info")]
-            if (
-                found.endswith(".dist-info")
-                and found.lower().startswith(prefix)
-                and version[:1].isdigit()
-            ):
-                return version
-    return "absent"
-
-
-def versions(*, fastpath: bool = False) -> dict[str, str]:
-    """What the start record says the gateway runs on: its own version, Python's,
-    SQLite's, the serial, Modbus and MQTT libraries' (read without importing them), and
-    the prepaid fast path's build (``compiled`` | ``pure``, and why when pure) when
-    ``fastpath`` or already loaded (else ``unused``: nothing is charged)."""
-    out = {
-        "version": __version__,
-        "python": ".".join(map(str, sys.version_info[:3])),
-        "sqlite": sqlite3.sqlite_version,
-    }
-    for key, dist in _DISTRIBUTIONS.items():
-        out[key] = dist_version(dist)
-    out["fastpath"] = "unused"
-    if fastpath or "gateway.fastpath" in sys.modules:
-        from gateway import fastpath as fast
-
-        out["fastpath"] = fast.IMPLEMENTATION
-        if fast.UNAVAILABLE_REASON:
-            out["fastpath_reason"] = fast.UNAVAILABLE_REASON[:200]
-    return out
 
 
 class Runtime:

@@ -151,7 +151,7 @@ def test_run_and_status_against_a_simulator_process(tmp_path: Path) -> None:
 
 
 def test_versions_read_without_importing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway.runtime import dist_version, versions
+    from gateway.versions import dist_version, versions
 
     got = versions(fastpath=True)
     assert got["fastpath"] == fastpath.IMPLEMENTATION
