@@ -129,17 +129,15 @@ def _record_drop(db: Database, first: int, last: int, now_ms: int) -> list[Dropp
         " WHERE r.id BETWEEN ? AND ? ORDER BY r.id",
         (first, last),
     ).fetchall()
-    runs: dict[int, list[tuple[int, int]]] = {}  # meter -> (id, ts) of its open run
+    runs: dict[int, tuple[int, str, list[tuple[int, int]]]] = {}  # meter -> its open run
     closed: list[tuple[int, str, list[tuple[int, int]]]] = []
-    names: dict[int, str] = {}
     for position, meter_id, name, ts_ms, batched in rows:
-        names[meter_id] = name
         if batched:
-            if run := runs.pop(meter_id, None):
-                closed.append((meter_id, name, run))
+            if (ended := runs.pop(meter_id, None)) is not None:
+                closed.append(ended)
         else:
-            runs.setdefault(meter_id, []).append((position, ts_ms))
-    closed.extend((m, names[m], run) for m, run in runs.items())
+            runs.setdefault(meter_id, (meter_id, name, []))[2].append((position, ts_ms))
+    closed.extend(runs.values())
     closed.sort(key=lambda c: c[2][0][0])
     out: list[DroppedRange] = []
     for meter_id, name, run in closed:
